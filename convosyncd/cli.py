@@ -1,0 +1,97 @@
+"""The command line: parse, dispatch to ``commands/``, turn errors into one line.
+
+A mistake the person can fix prints ``convosyncd: <what, where, what to do>`` and exits
+with the error's code (2 for bad input). Anything unexpected prints one line naming a
+log file that holds the whole story.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from convosyncd import __version__
+from convosyncd.commands import (
+    add_remove,
+    demo,
+    resume,
+    run,
+    status,
+    sync,
+)
+from convosyncd.config import default_config_path, default_state_dir
+from convosyncd.errors import ConvosyncError
+
+COMMANDS = (add_remove, run, sync, status, resume, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convosyncd",
+        description=(
+            "Moves AI coding-session handoffs between machines: publishes "
+            ".convosync/session-handoff-draft.md to a git sync branch and brings other "
+            "devices' handoffs back."
+        ),
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: $CONVOSYNC_CONFIG, else %(default_path)s)"
+        % {"default_path": default_config_path()},
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("--version", action="version", version=f"convosyncd {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = default_config_path()
+    args.config = args.config.expanduser().absolute()
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConvosyncError as error:
+        print(f"convosyncd: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("convosyncd: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence
+        report = _write_crash_report(argv)
+        print(
+            f"convosyncd: unexpected {type(error).__name__}: {error} "
+            f"(the details are in {report}; please include them in a bug report)",
+            file=sys.stderr,
+        )
+        return 70
+
+
+def _write_crash_report(argv: Sequence[str] | None) -> Path:
+    folder = default_state_dir()
+    path = folder / "crash.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(f"--- {datetime.now(timezone.utc).isoformat()} convosyncd {__version__}\n")
+            handle.write(f"python {sys.version.split()[0]} argv {list(argv or sys.argv[1:])}\n")
+            handle.write(traceback.format_exc())
+    except OSError:
+        traceback.print_exc()
+        return Path("<stderr>")
+    return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

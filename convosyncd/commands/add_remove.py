@@ -1,0 +1,59 @@
+"""``convosyncd add PATH`` and ``convosyncd remove PATH``: the list of synced repos."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from convosyncd import config as configs
+from convosyncd.config import RepoConfig
+from convosyncd.errors import UsageError
+from convosyncd.gitcmd import Git
+from convosyncd.worktree import WorkTree, validate
+
+
+def add_parser(subparsers: Any) -> None:
+    add = subparsers.add_parser("add", help="register a git work tree to sync")
+    add.add_argument("path", type=Path, help="the top folder of a git work tree")
+    add.add_argument("--remote", default="origin", help="the git remote to sync through (default: origin)")
+    add.add_argument("--branch", default="convosync", help="the sync branch (default: convosync)")
+    add.set_defaults(handler=run_add)
+    remove = subparsers.add_parser("remove", help="stop syncing a repo (its handoffs stay)")
+    remove.add_argument("path", type=Path, help="a registered repo")
+    remove.set_defaults(handler=run_remove)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    config = configs.load(args.config)
+    path = Path(args.path).expanduser().absolute()
+    top = validate(path, args.remote)
+    repo = configs.parse(
+        {"repos": [{"path": str(top), "remote": args.remote, "branch": args.branch}]},
+        args.config,
+    ).repos[0]
+    tree = WorkTree(top, Git(top, network_timeout=config.network_timeout))
+    tree.prepare(config.device)
+    changed = configs.save_repo(args.config, RepoConfig(top, repo.remote, repo.branch))
+    verb = "Registered" if changed else "Already registered:"
+    print(f"{verb} {top} (remote {repo.remote}, sync branch {repo.branch}, device {config.device}).")
+    print(f"Config: {args.config}")
+    print(
+        "A running daemon picks this up by itself; start one with `convosyncd run` or "
+        "`convosyncd service install`."
+    )
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    config = configs.load(args.config)
+    path = Path(args.path).expanduser().absolute()
+    if config.repo_for(path) is None:
+        known = ", ".join(str(repo.path) for repo in config.repos) or "none"
+        raise UsageError(f"{path} is not registered in {args.config} (registered: {known})")
+    configs.drop_repo(args.config, path)
+    print(
+        f"Removed {path} from {args.config}. Its handoffs stay on the sync branch and in "
+        ".convosync/; `convosyncd add` brings it back."
+    )
+    return 0

@@ -1,0 +1,80 @@
+"""``convosyncd resume [PATH]``: the latest handoff of every other device, newest first.
+
+Reads the local sync branch only (the daemon keeps it current), so it is instant and
+works offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from convosyncd import config as configs
+from convosyncd.catalog import Catalog
+from convosyncd.config import Config, RepoConfig
+from convosyncd.errors import UsageError
+from convosyncd.gitcmd import Git
+from convosyncd.gitstore import SyncBranch
+from convosyncd.handoff import Handoff, describe_age, newest_first
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("resume", help="print the other devices' latest handoffs")
+    parser.add_argument("path", nargs="?", type=Path, default=None, help="a registered repo (default: the one you are in)")
+    parser.set_defaults(handler=run)
+
+
+def find_repo(config: Config, path: Path | None) -> RepoConfig:
+    """The registered repo holding ``path`` (default: the current folder)."""
+    where = (path or Path.cwd()).expanduser().absolute()
+    for candidate in (where, *where.parents):
+        repo = config.repo_for(candidate)
+        if repo is not None:
+            return repo
+    raise UsageError(
+        f"{where} is not in a registered repo (config {config.path}): "
+        f"`convosyncd add <top folder of the repo>` first"
+    )
+
+
+def others_latest(config: Config, repo: RepoConfig) -> list[Handoff]:
+    """The newest handoff of each other device on the local sync branch, newest first."""
+    branch = SyncBranch(
+        Git(repo.path, network_timeout=config.network_timeout), remote=repo.remote, branch=repo.branch
+    )
+    catalog = Catalog(branch, max_bytes=config.max_draft_bytes)
+    tip = branch.tip()
+    return newest_first(h for h in catalog.latest(tip) if h.device != config.device)
+
+
+def render(handoffs: list[Handoff], now: datetime) -> str:
+    """The text ``resume`` prints."""
+    blocks = []
+    for handoff in handoffs:
+        blocks.append(
+            "\n".join(
+                [
+                    f"## Handoff from {handoff.device} ({describe_age(handoff.created, now)}, "
+                    f"{handoff.created_text})",
+                    f"Branch: {handoff.repo_branch} · Commit: {handoff.repo_commit}",
+                    "",
+                    handoff.body.strip("\n"),
+                ]
+            )
+        )
+    return "\n\n".join(blocks) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    config = configs.load(args.config)
+    repo = find_repo(config, args.path)
+    if not repo.path.is_dir():
+        raise UsageError(f"the repo folder {repo.path} is missing: put it back, or `convosyncd remove` it")
+    handoffs = others_latest(config, repo)
+    if not handoffs:
+        print(f"No handoffs from other devices in {repo.path} yet (this device is {config.device}).")
+        return 0
+    print(render(handoffs, datetime.now(timezone.utc)), end="")
+    return 0

@@ -1,0 +1,96 @@
+"""``convosyncd status [--json]``: per repo, what waits, what happened last, what is wrong."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from convosyncd import config as configs
+from convosyncd import state as states
+from convosyncd.config import Config
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("status", help="show each repo's sync state")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.set_defaults(handler=run)
+
+
+def daemon_running(config: Config) -> bool:
+    """Whether a ``convosyncd run`` holds the lock of this state folder."""
+    lock_path = config.state_dir / "daemon.lock"
+    if not lock_path.exists():
+        return False
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def collect(config: Config) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data."""
+    repos = []
+    for repo in config.repos:
+        state, _ = states.load(states.state_file(config.state_dir, repo.path), repair=False)
+        data = dataclasses.asdict(state)
+        repos.append(
+            {
+                "path": str(repo.path),
+                "exists": repo.path.is_dir(),
+                "remote": repo.remote,
+                "branch": repo.branch,
+                "pending": state.pending,
+                "last_publish": data["last_publish"],
+                "last_push": data["last_push"],
+                "last_poll": data["last_poll"],
+                "last_pull": data["last_pull"],
+                "last_error": data["last_error"],
+                "draft_problem": data["draft_problem"],
+            }
+        )
+    return {
+        "device": config.device,
+        "config": str(config.path),
+        "state_dir": str(config.state_dir),
+        "daemon_running": daemon_running(config),
+        "repos": repos,
+    }
+
+
+def _event(value: dict[str, str] | None, empty: str = "never") -> str:
+    if not value:
+        return empty
+    return f"{value['time']}  {value['message']}".strip()
+
+
+def run(args: argparse.Namespace) -> int:
+    config = configs.load(args.config)
+    report = collect(config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    running = "running" if report["daemon_running"] else "not running (start it: convosyncd run)"
+    print(f"device {report['device']} · daemon {running}")
+    print(f"config {report['config']}")
+    if not report["repos"]:
+        print("no repos registered; add one with `convosyncd add PATH`")
+    for repo in report["repos"]:
+        print()
+        print(repo["path"] + ("" if repo["exists"] else "  (MISSING)"))
+        print(f"  remote        {repo['remote']} (sync branch {repo['branch']})")
+        print(f"  waiting       {repo['pending']} handoff(s) to push")
+        print(f"  last publish  {_event(repo['last_publish'])}")
+        print(f"  last push     {_event(repo['last_push'])}")
+        print(f"  last poll     {_event(repo['last_poll'])}")
+        print(f"  last pull     {_event(repo['last_pull'])}")
+        print(f"  last error    {_event(repo['last_error'], 'none')}")
+        if repo["draft_problem"]:
+            print(f"  draft         {_event(repo['draft_problem'])}")
+    return 0

@@ -1,0 +1,366 @@
+"""``convosyncd run``: the scheduler, the watcher, the lock, the signals.
+
+Boring on purpose. Watcher events only schedule work: a draft event (re)schedules that
+repo's publish for the moment the draft will have been still for ``settle`` seconds;
+a timer runs every repo's full cycle every ``pull_interval`` seconds; a failed push is
+retried with a capped, jittered back-off. Jobs of one repo never overlap (APScheduler's
+``max_instances=1`` plus the repo's own locks), and a repo's failure is a result and a
+log line. SIGTERM and SIGINT let the publish in flight finish, then the daemon exits 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from convosyncd import config as configs
+from convosyncd.config import Config, RepoConfig
+from convosyncd.errors import AlreadyRunning, ConfigError, ConvosyncError
+from convosyncd.handoff import Notification, plain_text
+from convosyncd.notify import Notifier
+from convosyncd.sync import CycleResult, RepoSync
+from convosyncd.watcher import DraftWatcher
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 2.0
+BACKOFF_CAP = 300.0
+WORKERS = 8
+
+
+def guarded(job: Callable[[Daemon, str], None]) -> Callable[[Daemon, str], None]:
+    """Run a job so that no exception reaches the scheduler; one log line instead."""
+
+    @functools.wraps(job)
+    def run(self: Daemon, key: str) -> None:
+        try:
+            job(self, key)
+        except Exception:  # noqa: BLE001 - the loop must go on for every other repo
+            log.exception("%s: unexpected error in %s", key, job.__name__)
+
+    return run
+
+
+def backoff_delay(failures: int, *, start: float = BACKOFF_START, cap: float = BACKOFF_CAP) -> float:
+    """Seconds before retry number ``failures`` (1, 2, ...): doubling, capped, jittered."""
+    base = min(cap, start * 2 ** max(0, failures - 1))
+    return base * random.uniform(0.8, 1.0)  # noqa: S311 - jitter, not security
+
+
+@dataclass
+class _Repo:
+    sync: RepoSync
+    key: str
+    push_failures: int = 0
+    poll_failures: int = 0
+
+
+class Daemon:
+    """The long-running process that keeps every registered repo in sync."""
+
+    def __init__(self, config_path: Path, *, on_ready: Callable[[Daemon], None] | None = None) -> None:
+        self.config_path = config_path
+        self.config = configs.load(config_path)
+        self.notifier = Notifier(enabled=self.config.notify, timeout=self.config.notify_timeout)
+        self.repos: dict[Path, _Repo] = {}
+        self.stopping = threading.Event()
+        self.on_ready = on_ready
+        self.last_cycle: dict[Path, CycleResult] = {}
+        self.config_error: str | None = None
+        self._config_stamp = self._stamp()
+        self._reload_lock = threading.Lock()
+        self._lock: FileLock | None = None
+        self._scheduler: Any = None
+        self._watcher = DraftWatcher(self._on_draft, self._on_layout, self._on_config_event)
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def acquire_lock(self) -> None:
+        """Refuse to run twice on one state folder."""
+        lock_path = self.config.state_dir / "daemon.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise AlreadyRunning(
+                f"another `convosyncd run` is already running with the state folder "
+                f"{self.config.state_dir} (lock {lock_path}); stop it first "
+                "(`convosyncd service status` shows a service instance)"
+            ) from None
+        self._lock = lock
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; returns the exit code."""
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.acquire_lock()
+        for name in ("apscheduler", "watchdog"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(WORKERS)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        previous = {
+            signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            self._watcher.start()
+            self._watcher.watch_config(self.config_path)
+            self._scheduler.start()
+            self._apply(self.config)
+            self._scheduler.add_job(
+                self._check_config, "interval", seconds=5, id="config", replace_existing=True
+            )
+            log.info(
+                "convosyncd running as device %s with %d repo(s); config %s",
+                self.config.device,
+                len(self.repos),
+                self.config_path,
+            )
+            if self.on_ready is not None:
+                self.on_ready(self)
+            while not self.stopping.wait(3600):
+                pass
+        finally:
+            log.info("stopping: finishing the work in flight")
+            self._watcher.stop()
+            if self._scheduler is not None and self._scheduler.running:
+                self._scheduler.shutdown(wait=True)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if self._lock is not None:
+                self._lock.release()
+            log.info("stopped")
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.stopping.set()
+
+    # -- repos ----------------------------------------------------------------------
+
+    def _apply(self, config: Config) -> None:
+        """Make the running set of repos match ``config``."""
+        previous_interval = self.config.pull_interval
+        self.config = config
+        self.notifier.enabled = config.notify
+        self.notifier.timeout = config.notify_timeout
+        wanted = {repo.path: repo for repo in config.repos}
+        for path in list(self.repos):
+            current = self.repos[path]
+            if path not in wanted or wanted[path] != current.sync.repo:
+                self._drop(path)
+        for path, repo in wanted.items():
+            if path in self.repos:
+                self.repos[path].sync.reconfigure(config)
+                if config.pull_interval != previous_interval:
+                    self._schedule_poll(self.repos[path], delay=0)
+            else:
+                self._add(repo)
+
+    def _add(self, repo: RepoConfig) -> None:
+        sync = RepoSync(self.config, repo, self.notifier)
+        entry = _Repo(sync=sync, key=str(repo.path))
+        self.repos[repo.path] = entry
+        self._watcher.ensure(repo.path)
+        self._schedule_poll(entry, delay=0)
+        log.info("watching %s (remote %s, branch %s)", repo.path, repo.remote, repo.branch)
+
+    def _drop(self, path: Path) -> None:
+        entry = self.repos.pop(path)
+        self._watcher.forget(path)
+        for prefix in ("poll", "draft", "push"):
+            try:
+                self._scheduler.remove_job(f"{prefix}:{entry.key}")
+            except Exception:  # noqa: BLE001,S110 - a job that already ran is fine
+                pass
+        log.info("no longer watching %s", path)
+
+    def _poll_interval(self, entry: _Repo) -> float:
+        """``pull_interval``, stretched by back-off while the repo keeps failing."""
+        interval = self.config.pull_interval
+        if entry.poll_failures:
+            return max(interval, backoff_delay(entry.poll_failures, start=interval))
+        return interval
+
+    def _schedule_poll(self, entry: _Repo, *, delay: float) -> None:
+        interval = self._poll_interval(entry)
+        self._scheduler.add_job(
+            self._poll,
+            "interval",
+            seconds=interval,
+            args=(entry.key,),
+            id=f"poll:{entry.key}",
+            replace_existing=True,
+            next_run_time=datetime.now().astimezone() + timedelta(seconds=delay),
+        )
+
+    def _entry(self, key: str) -> _Repo | None:
+        return self.repos.get(Path(key))
+
+    # -- jobs -----------------------------------------------------------------------
+
+    @guarded
+    def _poll(self, key: str) -> None:
+        entry = self._entry(key)
+        if entry is None:
+            return
+        watching = self._watcher.ensure(entry.sync.repo.path)
+        result = entry.sync.cycle(require_settled=True)
+        self.last_cycle[entry.sync.repo.path] = result
+        if not watching:
+            self._watcher.ensure(entry.sync.repo.path)
+        self._after_cycle(entry, result)
+
+    def _after_cycle(self, entry: _Repo, result: CycleResult) -> None:
+        failed_before = entry.poll_failures
+        entry.poll_failures = 0 if result.ok else entry.poll_failures + 1
+        if failed_before or entry.poll_failures:
+            self._schedule_poll(entry, delay=self._poll_interval(entry))
+        if result.pending and not self.stopping.is_set():
+            self._schedule_push(entry)
+        if result.publish_at is not None:
+            self._schedule_publish(entry, at=result.publish_at)
+
+    def _on_draft(self, repo: Path) -> None:
+        entry = self.repos.get(repo)
+        if entry is not None and not self.stopping.is_set():
+            self._schedule_publish(entry, at=time.time() + self.config.settle)
+
+    def _on_layout(self, repo: Path) -> None:
+        entry = self.repos.get(repo)
+        if entry is not None and not self.stopping.is_set():
+            self._watcher.ensure(repo)
+            self._schedule_publish(entry, at=time.time() + self.config.settle)
+
+    def _schedule_publish(self, entry: _Repo, *, at: float) -> None:
+        if self.stopping.is_set():
+            return
+        try:
+            self._scheduler.add_job(
+                self._publish,
+                "date",
+                run_date=datetime.fromtimestamp(at).astimezone(),
+                args=(entry.key,),
+                id=f"draft:{entry.key}",
+                replace_existing=True,
+            )
+        except Exception as error:  # noqa: BLE001 - the scheduler is shutting down
+            log.debug("could not schedule a publish: %s", error)
+
+    @guarded
+    def _publish(self, key: str) -> None:
+        entry = self._entry(key)
+        if entry is None:
+            return
+        sync = entry.sync
+        try:
+            sync.ensure_layout()
+            outcome = sync.publish(require_settled=True)
+        except ConvosyncError as error:
+            sync.fail(error)
+            return
+        if outcome.status == "unsettled" and outcome.retry_at is not None:
+            self._schedule_publish(entry, at=outcome.retry_at)
+            return
+        if outcome.status in ("published", "duplicate"):
+            self._push(key)
+            try:
+                sync.refresh()
+            except ConvosyncError as error:
+                sync.fail(error)
+
+    def _schedule_push(self, entry: _Repo) -> None:
+        delay = backoff_delay(max(1, entry.push_failures))
+        try:
+            self._scheduler.add_job(
+                self._push,
+                "date",
+                run_date=datetime.now().astimezone() + timedelta(seconds=delay),
+                args=(entry.key,),
+                id=f"push:{entry.key}",
+                replace_existing=True,
+            )
+        except Exception as error:  # noqa: BLE001 - the scheduler is shutting down
+            log.debug("could not schedule a push: %s", error)
+
+    @guarded
+    def _push(self, key: str) -> None:
+        entry = self._entry(key)
+        if entry is None:
+            return
+        try:
+            entry.sync.push()
+        except ConvosyncError as error:
+            entry.push_failures += 1
+            entry.sync.fail(error)
+            log.warning(
+                "%s: %d handoff(s) wait on the local sync branch; retrying the push",
+                entry.sync.repo.path,
+                entry.sync.state.pending,
+            )
+            self._schedule_push(entry)
+        else:
+            entry.push_failures = 0
+
+    # -- config ---------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            status = self.config_path.stat()
+        except OSError:
+            return None
+        return (status.st_mtime_ns, status.st_size)
+
+    def _on_config_event(self) -> None:
+        if self._scheduler is not None and not self.stopping.is_set():
+            try:
+                self._scheduler.add_job(
+                    self._check_config,
+                    "date",
+                    run_date=datetime.now().astimezone() + timedelta(seconds=0.2),
+                    id="config-event",
+                    replace_existing=True,
+                )
+            except Exception as error:  # noqa: BLE001 - the scheduler is shutting down
+                log.debug("could not schedule a config check: %s", error)
+
+    def _check_config(self) -> None:
+        with self._reload_lock:
+            stamp = self._stamp()
+            if stamp == self._config_stamp:
+                return
+            self._config_stamp = stamp
+            try:
+                config = configs.load(self.config_path)
+            except ConfigError as error:
+                message = str(error)
+                if message != self.config_error:
+                    self.config_error = message
+                    log.error("config not reloaded, keeping the last good one: %s", message)
+                    self.notifier.send(
+                        Notification(
+                            title="convosyncd: config error",
+                            message=plain_text(message, 240),
+                        )
+                    )
+                return
+            self.config_error = None
+            if config == self.config:
+                return
+            log.info("config changed; now %d repo(s)", len(config.repos))
+            self._apply(config)

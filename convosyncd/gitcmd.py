@@ -1,0 +1,241 @@
+"""The one way convosyncd runs git: a time limit on every call, never a prompt.
+
+Every git process runs in its own session (so a timeout can kill git *and* the ssh it
+started), with standard input closed, terminal and GUI prompts disabled, ssh in batch
+mode, the person's hooks bypassed (the sync branch is the daemon's own business) and
+automatic gc off (a daemon must not spend minutes packing someone's repo on a whim).
+Credentials in remote URLs are masked in every message this module produces.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from convosyncd.errors import GitError, GitTimeout
+
+log = logging.getLogger(__name__)
+
+LOCAL_TIMEOUT = 30.0
+"""Seconds a local plumbing command may take (object writes, ref updates, listings)."""
+
+# Variables a hook or a wrapper may have leaked into our environment; any of them would
+# point git at another repository than the one we name with ``-C``.
+_LEAKY_GIT_VARS = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+    "GIT_QUARANTINE_PATH",
+    "GIT_AUTHOR_NAME",
+    "GIT_AUTHOR_EMAIL",
+    "GIT_AUTHOR_DATE",
+    "GIT_COMMITTER_NAME",
+    "GIT_COMMITTER_EMAIL",
+    "GIT_COMMITTER_DATE",
+    "GIT_EDITOR",
+    "GIT_SEQUENCE_EDITOR",
+    "GIT_PAGER",
+    "SSH_ASKPASS",
+)
+
+_GIT_OPTIONS = (
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "maintenance.auto=false",
+    "-c",
+    "fetch.recurseSubmodules=false",
+    "-c",
+    "push.recurseSubmodules=no",
+    "-c",
+    "credential.interactive=never",
+)
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def mask_credentials(text: str) -> str:
+    """Hide ``user:password@`` in any URL inside ``text``."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+def ssh_command(configured: str | None, connect_timeout: float) -> str:
+    """The ssh command git should use: the person's own, forced into batch mode."""
+    base = configured or "ssh"
+    seconds = max(1, round(connect_timeout))
+    return (
+        f"{base} -o BatchMode=yes -o ConnectTimeout={seconds}"
+        " -o ServerAliveInterval=5 -o ServerAliveCountMax=2"
+    )
+
+
+def git_environment(
+    base: Mapping[str, str] | None = None, *, ssh: str | None = None
+) -> dict[str, str]:
+    """An environment in which git can never ask anybody anything."""
+    env = dict(os.environ if base is None else base)
+    for name in _LEAKY_GIT_VARS:
+        env.pop(name, None)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    # Set but empty: git skips core.askPass and SSH_ASKPASS and, with terminal prompts
+    # off, fails at once instead of opening a password dialog nobody will see.
+    env["GIT_ASKPASS"] = ""
+    env["SSH_ASKPASS_REQUIRE"] = "never"
+    env["GCM_INTERACTIVE"] = "never"
+    env["LC_ALL"] = "C"
+    env.pop("LANGUAGE", None)
+    if ssh is not None and "GIT_SSH" not in env:
+        env["GIT_SSH_COMMAND"] = ssh
+    return env
+
+
+@dataclass(frozen=True)
+class GitResult:
+    """What a finished git command produced."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        """Standard output as text, without the final newline."""
+        return self.stdout.decode("utf-8", "surrogateescape").rstrip("\n")
+
+
+def describe_command(args: Sequence[str]) -> str:
+    """``git push origin ...`` as a person would type it, credentials masked."""
+    return mask_credentials(shlex.join(["git", *args]))
+
+
+def _last_lines(stderr: str, count: int = 3) -> str:
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    return " / ".join(lines[-count:])
+
+
+def run_git(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    input: bytes | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> GitResult:
+    """Run ``git ARGS`` in ``cwd``; raise :class:`GitError` on failure if ``check``.
+
+    A command that outlives ``timeout`` seconds is killed with everything it started
+    and raises :class:`GitTimeout`.
+    """
+    argv = ("git", *_GIT_OPTIONS, *args)
+    shown = describe_command(args)
+    log.debug("running %s in %s", shown, cwd)
+    try:
+        process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else git_environment(),
+            start_new_session=True,
+        )
+    except FileNotFoundError as error:
+        if not cwd.is_dir():
+            raise GitError(f"the folder {cwd} does not exist any more") from error
+        raise GitError(
+            "git was not found on PATH: install git (https://git-scm.com) and try again"
+        ) from error
+    except NotADirectoryError as error:
+        raise GitError(f"{cwd} is not a folder") from error
+    try:
+        stdout, stderr_bytes = process.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        raise GitTimeout(
+            f"{shown} did not finish within {timeout:g} s in {cwd} and was stopped; "
+            "check that the remote answers (convosyncd doctor)",
+        ) from None
+    except BaseException:
+        _kill_group(process)
+        raise
+    stderr = mask_credentials(stderr_bytes.decode("utf-8", "replace"))
+    result = GitResult(tuple(args), process.returncode, stdout, stderr)
+    if check and process.returncode != 0:
+        detail = _last_lines(stderr) or "no message"
+        raise GitError(
+            f"{shown} failed in {cwd} (exit {process.returncode}): {detail}",
+            returncode=process.returncode,
+            stderr=stderr,
+        )
+    return result
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        # A grandchild that left the group still holds our pipes; do not wait for it.
+        log.warning("git process %d left children behind after being killed", process.pid)
+
+
+class Git:
+    """git bound to one work tree, with its time limits and its ssh command."""
+
+    def __init__(self, worktree: Path, *, network_timeout: float) -> None:
+        self.worktree = worktree
+        self.network_timeout = network_timeout
+        self._env: dict[str, str] | None = None
+
+    def _environment(self) -> dict[str, str]:
+        if self._env is None:
+            configured = self.run("config", "--get", "core.sshCommand", check=False).text
+            base_ssh = os.environ.get("GIT_SSH_COMMAND") or configured or None
+            self._env = git_environment(ssh=ssh_command(base_ssh, self.network_timeout))
+        return self._env
+
+    def run(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        check: bool = True,
+        network: bool = False,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> GitResult:
+        """Run one git command here; ``network`` commands get the network time limit."""
+        if network or extra_env:
+            env = dict(self._environment())
+            env.update(extra_env or {})
+        else:
+            env = git_environment()
+        return run_git(
+            args,
+            cwd=self.worktree,
+            timeout=self.network_timeout if network else LOCAL_TIMEOUT,
+            input=input,
+            check=check,
+            env=env,
+        )
+
+    def out(self, *args: str) -> str:
+        """Standard output of a command that must succeed."""
+        return self.run(*args).text

@@ -1,0 +1,625 @@
+"""Secret scanning and redaction for handoff drafts before they are committed.
+
+This module owns the decision "does this draft contain a credential, and where": it finds
+secrets a person may have pasted into the conversation (cloud keys, API tokens, JWTs,
+private key blocks, passwords inside URLs), replaces them with ``[REDACTED:<kind>]``
+markers, and describes what it found in words that never repeat the secret.  It does not
+read or write files, talk to git, or decide policy (block the push, notify, ...): callers
+get :class:`Finding` objects and do that themselves.
+
+Engine
+    detect-secrets (1.5) is the engine.  Each scan runs under ``transient_settings`` with an
+    explicit plugin list and no filters, so that no other code's global detect-secrets
+    configuration leaks in, no network verification can be triggered, and a pasted
+    ``pragma: allowlist secret`` comment cannot hide a secret.  The KeywordDetector and the
+    high-entropy detectors are deliberately not enabled: handoffs are prose full of commit
+    hashes and identifiers.  detect-secrets keeps process-global settings and is not
+    thread-safe, so everything that touches it runs under :data:`_ENGINE_LOCK`; the daemon
+    scans from several worker threads.  (Other code in this process that uses
+    detect-secrets directly must not run concurrently with :func:`scan`.)
+
+Detectors we add or replace
+    They are written as detect-secrets ``RegexBasedDetector`` subclasses rather than plain
+    regexes beside the engine, so that every detector goes through the same path
+    (``analyze_line`` -> ``PotentialSecret`` -> :data:`_KIND_TABLE`), and so that replaced
+    built-ins keep their behaviour (e.g. the JWT structural check).  The classes are built
+    on first use, because importing detect-secrets costs ~120 ms and the CLI imports this
+    module on every start; the patterns themselves are plain module constants.
+
+    * new: Anthropic keys, Google API keys, unquoted ``aws_secret_access_key = ...``
+      assignments, Slack app/refresh tokens, any ``-----BEGIN ... PRIVATE KEY-----`` header
+      (the built-in list misses e.g. ``ENCRYPTED PRIVATE KEY``), full-length and test
+      Stripe keys, and URL passwords that contain reserved characters.
+    * replaced: GitHub and GitLab (1.5.0 wraps the prefix in a capturing group, so
+      ``findall`` reports just ``"ghp"``), JWT (unbounded quantifiers are quadratic on
+      one long line, and the lazy tail drops the signature) and OpenAI (quadratic; also
+      misses ``sk-proj-`` keys without the ``T3BlbkFJ`` marker).
+
+Performance
+    Drafts are up to 1 MiB.  Every pattern is bounded and, where a prefix could repeat
+    (``eyJeyJ...``), anchored to a token boundary so one long run has one candidate start.
+    Lines longer than :data:`_WINDOW` characters are scanned in overlapping windows (a
+    secret up to :data:`_OVERLAP` characters long is always wholly inside one window).
+    Lines are batched into segments that are pre-checked with the detectors' raw
+    patterns; only segments with a hit are scanned line by line.
+
+Positions
+    Lines are separated by ``"\\n"`` only; a ``"\\r"`` before it belongs to the line but
+    is never part of a secret, so CRLF drafts keep their line endings through
+    :func:`redact`.  Offsets are in characters (``str`` indices), not bytes.  When
+    detect-secrets reports a value on a line, every occurrence of that value on the line
+    is redacted (for passwords: every occurrence not glued to other letters or digits).
+
+Private keys
+    A ``BEGIN ... PRIVATE KEY`` header that starts a block (nothing but key material after
+    it on its line) is redacted together with everything up to the matching ``END`` marker,
+    or to the end of the text if there is none.  A header mentioned in running prose
+    (``the parser accepts `-----BEGIN RSA PRIVATE KEY-----` headers``) is redacted on its
+    own, so a note about PEM parsing does not lose everything after that sentence.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import re
+import threading
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from detect_secrets.plugins.base import RegexBasedDetector
+
+__all__ = ["Finding", "describe", "redact", "scan"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One secret in a text.  Never holds the secret itself, only where it is."""
+
+    kind: str  # a stable short name such as "github-token"
+    line: int  # 1-based line number where the secret starts
+    start: int  # 0-based character offset of the secret within that line
+    end: int  # exclusive end offset within line `end_line`
+    end_line: int  # 1-based last line the secret covers (== line except for private keys)
+
+    def __post_init__(self) -> None:
+        if self.line < 1 or self.end_line < self.line or self.start < 0 or self.end < 0:
+            raise ValueError(f"invalid finding position: {self!r}")
+        if self.end_line == self.line and self.end <= self.start:
+            raise ValueError(f"empty finding: {self!r}")
+
+
+# --------------------------------------------------------------------------- limits
+
+_WINDOW: Final = 16_384
+"""Lines longer than this many characters are scanned in overlapping windows."""
+_OVERLAP: Final = 4_096
+"""Overlap between windows: the longest secret guaranteed to be caught in a long line."""
+_SEGMENT: Final = 16_384
+"""Approximate size of the batches of lines pre-checked with one regex search."""
+_MAX_LINES_SHOWN: Final = 10
+"""describe() lists at most this many line numbers per kind."""
+
+_ENGINE_LOCK: Final = threading.Lock()
+"""Serialises every use of detect-secrets (process-global settings, not thread-safe)."""
+
+_FILENAME: Final = "handoff.md"
+"""Name reported to detect-secrets; only used in its PotentialSecret objects."""
+
+
+# --------------------------------------------------------------------------- patterns
+# Characters that glue a token to what precedes it.  "]" is included so that a token
+# which directly follows a redaction marker is treated the same before and after
+# redaction ("...]ghp_..." is not a token start either way).
+_GLUE: Final = r"A-Za-z0-9_\]\-"
+
+
+def _unglued(prefix: str) -> str:
+    """Regex for the literal `prefix` when it is not glued to a preceding token character.
+
+    The look-behind is placed after the literal (it re-checks the literal plus one
+    character) so the regex engine can still use its fast literal-prefix search.
+    """
+    lit = re.escape(prefix)
+    return f"{lit}(?<![{_GLUE}]{lit})"
+
+
+_AWS_KEY_ID: Final = re.compile(r"(?:A3T[A-Z0-9]|ABIA|ACCA|AKIA|ASIA)[0-9A-Z]{16}")
+
+_GITHUB_PATTERNS: Final = [
+    re.compile(rf"gh[pousr]_(?<![{_GLUE}]gh[pousr]_)[A-Za-z0-9]{{36,255}}"),
+    re.compile(_unglued("github_pat_") + r"[A-Za-z0-9_]{22,255}"),
+]
+_GITLAB_PATTERNS: Final = [
+    re.compile(r"(?:glpat|gldt|glft|glsoat|glrt|glffct)-[A-Za-z0-9_\-]{20,255}"),
+    re.compile(r"GR1348941[A-Za-z0-9_\-]{20,255}"),
+    re.compile(r"glcbt-(?:[0-9a-fA-F]{2}_)?[A-Za-z0-9_\-]{20,255}"),
+    re.compile(r"glimt-[A-Za-z0-9_\-]{25,255}"),
+    re.compile(r"glptt-[A-Za-z0-9_\-]{40,255}"),
+    re.compile(r"glagent-[A-Za-z0-9_\-]{50,1024}"),
+    re.compile(r"gloas-[A-Za-z0-9_\-]{64,255}"),
+]
+_JWT_SEGMENT: Final = r"[A-Za-z0-9_\-]{1,8192}={0,2}"
+_JWT_PATTERNS: Final = [
+    re.compile(_unglued("eyJ") + rf"{_JWT_SEGMENT}\.{_JWT_SEGMENT}(?:\.{_JWT_SEGMENT})?"),
+]
+_OPENAI_PATTERNS: Final = [
+    # Keys carrying the base64 "OpenAI" marker, any project/org prefix.
+    re.compile(_unglued("sk-") + r"[A-Za-z0-9_\-]{1,250}?T3BlbkFJ[A-Za-z0-9_\-]{20,250}"),
+    # Project, service-account and admin keys.
+    re.compile(_unglued("sk-") + r"(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{20,250}"),
+    # Legacy user keys: one unbroken run of letters and digits.
+    re.compile(_unglued("sk-") + r"[A-Za-z0-9]{32,250}(?![A-Za-z0-9_\-])"),
+]
+_ANTHROPIC_PATTERNS: Final = [
+    re.compile(_unglued("sk-ant-") + r"[A-Za-z0-9_\-]{20,300}"),
+]
+_GOOGLE_API_KEY_PATTERNS: Final = [
+    re.compile(_unglued("AIza") + r"[0-9A-Za-z_\-]{35}"),
+]
+_STRIPE_PATTERNS: Final = [
+    re.compile(rf"[rs]k_(?<![{_GLUE}][rs]k_)(?:live|test)_[0-9A-Za-z]{{20,247}}"),
+]
+_AWS_SECRET_ASSIGNMENT_PATTERNS: Final = [
+    # aws_secret_access_key = ..., AWS_SECRET_ACCESS_KEY=..., "SecretAccessKey": "..."
+    # (detect-secrets only finds quoted values next to the word "aws").
+    re.compile(
+        r"(?i:(?:aws[_\-]?)?secret[_\-]?access[_\-]?key|aws[_\-]?secret[_\-]?key)"
+        r"[\"']?[ \t]{0,8}[:=][ \t]{0,8}[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+    ),
+]
+_SLACK_EXTRA_PATTERNS: Final = [
+    re.compile(r"xapp-\d-[A-Za-z0-9]{1,64}-\d{1,32}-[A-Za-z0-9]{1,128}"),
+    re.compile(r"xoxe(?:\.xox[bp])?-\d-[A-Za-z0-9]{1,255}"),
+]
+_PEM_HEADER_PATTERNS: Final = [
+    re.compile(r"-{4,5} ?BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)? ?-{4,5}"),
+    re.compile(r"PuTTY-User-Key-File-3"),
+]
+_URL_PASSWORD_PATTERNS: Final = [
+    # user:password@ where the password may contain reserved characters, even "@": the
+    # greedy run backs off to the last "@" before the path starts.
+    re.compile(r"://[^/?#\s:@\[\]]{1,256}:([^/?#\s]{1,256})@(?=[^/?#\s@])"),
+]
+
+# Private key blocks.
+_PEM_END: Final = re.compile(
+    r"(?:-{4,5} ?)?END [A-Z0-9 ]{0,40}?PRIVATE KEY(?: BLOCK)?(?: ?-{4,5})?"
+)
+_PUTTY_END: Final = re.compile(r"Private-MAC:[ \t]*[0-9A-Fa-f]*")
+_MARKER_HEAD: Final = re.compile(r"-{4,5} ?\Z")
+_MARKER_TAIL: Final = re.compile(r"(?: BLOCK)?(?: ?-{4,5})?")
+# What may follow a header on its line for it to count as the start of a real block:
+# nothing (but quotes/punctuation), an escaped newline (JSON, .env), or key material.
+_BLOCK_REST: Final = re.compile(r"[\s\"'`,;]*\Z|\s*(?:\\r)?\\n|\s*[A-Za-z0-9+/=]{16}")
+
+# Values of a URL password that are placeholders, not secrets.
+_PASSWORD_PLACEHOLDER: Final = re.compile(
+    r"<[^<>]*>|\{[^{}]*\}|\$\{[^{}]*\}|\$[A-Za-z_][A-Za-z0-9_]*|%(?:\([A-Za-z_]*\))?s"
+    r"|\*+|[xX]+|\.{2,3}|\u2026"
+)
+_ALNUM: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+
+
+# --------------------------------------------------------------------------- kinds
+
+# Priority when spans of different kinds overlap: the first listed wins.
+_KIND_PRIORITY: Final[tuple[str, ...]] = (
+    "private-key",
+    "anthropic-key",
+    "openai-key",
+    "github-token",
+    "gitlab-token",
+    "slack-token",
+    "stripe-key",
+    "google-api-key",
+    "aws-access-key",
+    "aws-secret-key",
+    "jwt",
+    "azure-storage-key",
+    "pypi-token",
+    "sendgrid-key",
+    "square-oauth-secret",
+    "mailchimp-key",
+    "password-in-url",
+)
+_FALLBACK_KIND: Final = "secret"
+
+# The one table from detect-secrets' `secret_type` to our kind.  Each entry is a list of
+# (kind, value pattern) rules; the first rule whose pattern fully matches the reported
+# value (or has no pattern) wins.  AWS needs this: detect-secrets reports access key ids
+# and secret keys under the same secret_type.
+_KIND_TABLE: Final[Mapping[str, tuple[tuple[str, re.Pattern[str] | None], ...]]] = {
+    # detect-secrets built-ins, used as they are
+    "AWS Access Key": (("aws-access-key", _AWS_KEY_ID), ("aws-secret-key", None)),
+    "Azure Storage Account access key": (("azure-storage-key", None),),
+    "Basic Auth Credentials": (("password-in-url", None),),
+    "Mailchimp Access Key": (("mailchimp-key", None),),
+    "Private Key": (("private-key", None),),
+    "PyPI Token": (("pypi-token", None),),
+    "SendGrid API Key": (("sendgrid-key", None),),
+    "Slack Token": (("slack-token", None),),
+    "Square OAuth Secret": (("square-oauth-secret", None),),
+    "Stripe Access Key": (("stripe-key", None),),
+    # detect-secrets built-ins whose patterns we replace (same secret_type)
+    "GitHub Token": (("github-token", None),),
+    "GitLab Token": (("gitlab-token", None),),
+    "JSON Web Token": (("jwt", None),),
+    "OpenAI Token": (("openai-key", None),),
+    # ours
+    "Anthropic API Key": (("anthropic-key", None),),
+    "Google API Key": (("google-api-key", None),),
+    "AWS Secret Access Key": (("aws-secret-key", None),),
+}
+
+# detect-secrets plugins enabled by class name through its settings.
+_BUILTIN_PLUGINS: Final[tuple[str, ...]] = (
+    "AWSKeyDetector",
+    "AzureStorageKeyDetector",
+    "BasicAuthDetector",
+    "MailchimpDetector",
+    "PrivateKeyDetector",
+    "PypiTokenDetector",
+    "SendGridDetector",
+    "SlackDetector",
+    "SquareOAuthDetector",
+    "StripeDetector",
+)
+_SETTINGS: Final[Mapping[str, object]] = {
+    "plugins_used": [{"name": name} for name in _BUILTIN_PLUGINS],
+    "filters_used": [],
+}
+
+
+def _kind_for(secret_type: str, value: str) -> str:
+    for kind, pattern in _KIND_TABLE.get(secret_type, ()):
+        if pattern is None or pattern.fullmatch(value):
+            return kind
+    return _FALLBACK_KIND
+
+
+def _rank(kind: str) -> int:
+    try:
+        return _KIND_PRIORITY.index(kind)
+    except ValueError:
+        return len(_KIND_PRIORITY)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@functools.lru_cache(maxsize=1)
+def _own_plugins() -> tuple[RegexBasedDetector, ...]:
+    """Our detectors and the replacements for broken built-ins (imports detect-secrets)."""
+    from detect_secrets.plugins.base import RegexBasedDetector
+    from detect_secrets.plugins.github_token import GitHubTokenDetector
+    from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+    from detect_secrets.plugins.jwt import JwtTokenDetector
+    from detect_secrets.plugins.openai import OpenAIDetector
+
+    class GitHubToken(GitHubTokenDetector):
+        denylist = _GITHUB_PATTERNS
+
+    class GitLabToken(GitLabTokenDetector):
+        denylist = _GITLAB_PATTERNS
+
+    class OpenAIToken(OpenAIDetector):
+        denylist = _OPENAI_PATTERNS
+
+    class JwtToken(JwtTokenDetector):
+        denylist = _JWT_PATTERNS
+
+        def analyze_string(self, string: str) -> Generator[str, None, None]:
+            # Header and payload must decode to JSON (detect-secrets' own check); the
+            # signature is not checked, so an oddly sized one still gets redacted.
+            for token in RegexBasedDetector.analyze_string(self, string):
+                head, _, rest = token.partition(".")
+                payload = rest.partition(".")[0]
+                if JwtTokenDetector.is_formally_valid(f"{head}.{payload}"):
+                    yield token
+
+    # `secret_type` is detect-secrets' label for a detector (a key of _KIND_TABLE), which
+    # ruff's S105 mistakes for a hard-coded password.
+    class AnthropicKey(RegexBasedDetector):
+        secret_type = "Anthropic API Key"  # noqa: S105
+        denylist = _ANTHROPIC_PATTERNS
+
+    class GoogleApiKey(RegexBasedDetector):
+        secret_type = "Google API Key"  # noqa: S105
+        denylist = _GOOGLE_API_KEY_PATTERNS
+
+    class AwsSecretAssignment(RegexBasedDetector):
+        secret_type = "AWS Secret Access Key"  # noqa: S105
+        denylist = _AWS_SECRET_ASSIGNMENT_PATTERNS
+
+    class StripeAnyKey(RegexBasedDetector):
+        secret_type = "Stripe Access Key"  # noqa: S105
+        denylist = _STRIPE_PATTERNS
+
+    class SlackExtraToken(RegexBasedDetector):
+        secret_type = "Slack Token"  # noqa: S105
+        denylist = _SLACK_EXTRA_PATTERNS
+
+    class PemHeader(RegexBasedDetector):
+        secret_type = "Private Key"  # noqa: S105
+        denylist = _PEM_HEADER_PATTERNS
+
+    class UrlPassword(RegexBasedDetector):
+        secret_type = "Basic Auth Credentials"  # noqa: S105
+        denylist = _URL_PASSWORD_PATTERNS
+
+    classes: tuple[type[RegexBasedDetector], ...] = (
+        GitHubToken,
+        GitLabToken,
+        OpenAIToken,
+        JwtToken,
+        AnthropicKey,
+        GoogleApiKey,
+        AwsSecretAssignment,
+        StripeAnyKey,
+        SlackExtraToken,
+        PemHeader,
+        UrlPassword,
+    )
+    return tuple(cls() for cls in classes)
+
+
+class _Span(NamedTuple):
+    start: int  # absolute offset in the text
+    end: int  # absolute, exclusive
+    kind: str
+
+
+class _Unit(NamedTuple):
+    """A whole line, or one window of a very long line."""
+
+    line_no: int  # 1-based
+    offset: int  # absolute offset of text[0]
+    text: str  # without a trailing "\r"
+
+
+def _line_starts(lines: Sequence[str]) -> list[int]:
+    starts = [0] * len(lines)
+    pos = 0
+    for i, line in enumerate(lines):
+        starts[i] = pos
+        pos += len(line) + 1
+    return starts
+
+
+def _units(lines: Sequence[str], starts: Sequence[int]) -> Iterator[_Unit]:
+    step = _WINDOW - _OVERLAP
+    for i, raw in enumerate(lines):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        if len(line) <= _WINDOW:
+            if line:
+                yield _Unit(i + 1, starts[i], line)
+            continue
+        pos = 0
+        while True:
+            yield _Unit(i + 1, starts[i] + pos, line[pos : pos + _WINDOW])
+            if pos + _WINDOW >= len(line):
+                break
+            pos += step
+
+
+def _segments(units: Iterable[_Unit]) -> Iterator[tuple[str, list[_Unit]]]:
+    """Batches of units joined by newlines, for a cheap combined pre-check."""
+    group: list[_Unit] = []
+    size = 0
+    for unit in units:
+        if group and size + len(unit.text) > _SEGMENT:
+            yield "\n".join(u.text for u in group), group
+            group, size = [], 0
+        group.append(unit)
+        size += len(unit.text) + 1
+    if group:
+        yield "\n".join(u.text for u in group), group
+
+
+def _is_placeholder_password(value: str) -> bool:
+    return "[REDACTED:" in value or _PASSWORD_PLACEHOLDER.fullmatch(value) is not None
+
+
+def _occurrences(line: str, value: str, kind: str) -> Iterator[tuple[int, int]]:
+    """Every (start, end) of `value` in `line` that should be redacted as `kind`."""
+    if not value:
+        return
+    password = kind == "password-in-url"
+    if password and _is_placeholder_password(value):
+        return
+    width = len(value)
+    i = line.find(value)
+    while i != -1:
+        j = i + width
+        # A password is redacted wherever it stands on its own, but not inside a longer
+        # word ("pass" in "password"); tokens are long and random, every hit counts.
+        if not password or (
+            (i == 0 or line[i - 1] not in _ALNUM) and (j == len(line) or line[j] not in _ALNUM)
+        ):
+            yield i, j
+        i = line.find(value, j)
+
+
+def _engine_spans(units: Iterable[_Unit]) -> list[_Span]:
+    from detect_secrets.settings import get_plugins, transient_settings
+
+    spans: list[_Span] = []
+    with _ENGINE_LOCK, transient_settings(dict(_SETTINGS)):
+        plugins: list[RegexBasedDetector] = [*get_plugins(), *_own_plugins()]
+        for segment, group in _segments(units):
+            for plugin in plugins:
+                if not any(regex.search(segment) for regex in plugin.denylist):
+                    continue
+                for unit in group:
+                    found = plugin.analyze_line(
+                        filename=_FILENAME, line=unit.text, line_number=unit.line_no
+                    )
+                    for secret in found:
+                        value = secret.secret_value or ""
+                        kind = _kind_for(secret.type, value)
+                        spans.extend(
+                            _Span(unit.offset + i, unit.offset + j, kind)
+                            for i, j in _occurrences(unit.text, value, kind)
+                        )
+    return spans
+
+
+# --------------------------------------------------------------------------- private keys
+
+
+def _private_key_spans(text: str, starts: Sequence[int], markers: Iterable[_Span]) -> list[_Span]:
+    """Turn BEGIN-header spans into spans covering their whole block."""
+    headers: set[tuple[int, int, bool]] = set()
+    for marker in markers:
+        start, end = marker.start, marker.end
+        head = _MARKER_HEAD.search(text, max(0, start - 6), start)
+        if head is not None:
+            start = head.start()
+        tail = _MARKER_TAIL.match(text, end)
+        if tail is not None:
+            end = tail.end()
+        headers.add((start, end, text.startswith("PuTTY", marker.start)))
+    if not headers:
+        return []
+
+    pem_ends = [(m.start(), m.end()) for m in _PEM_END.finditer(text)]
+    putty_ends = (
+        [(m.start(), m.end()) for m in _PUTTY_END.finditer(text)]
+        if any(putty for _, _, putty in headers)
+        else []
+    )
+    text_end = len(text.rstrip("\r\n"))
+    spans: list[_Span] = []
+    covered = -1
+    for start, end, putty in sorted(headers):
+        if start < covered:
+            continue  # inside the previous block
+        line_index = bisect.bisect_right(starts, start) - 1
+        line_end = text.find("\n", end)
+        rest = text[end : len(text) if line_end == -1 else line_end]
+        if putty:
+            is_block = rest.startswith(":") and start == starts[line_index]
+            ends = putty_ends
+        else:
+            is_block = _BLOCK_REST.match(rest) is not None
+            ends = pem_ends
+        if is_block:
+            k = bisect.bisect_left(ends, (end, -1))
+            end = ends[k][1] if k < len(ends) else max(end, text_end)
+        spans.append(_Span(start, end, "private-key"))
+        covered = end
+    return spans
+
+
+# --------------------------------------------------------------------------- spans
+
+
+def _merge(spans: Iterable[_Span]) -> list[_Span]:
+    """Sort spans and merge the overlapping ones (the higher-priority kind wins)."""
+    merged: list[_Span] = []
+    for span in sorted(spans, key=lambda s: (s.start, -s.end)):
+        if merged and span.start < merged[-1].end:
+            last = merged[-1]
+            kind = last.kind if _rank(last.kind) <= _rank(span.kind) else span.kind
+            merged[-1] = _Span(last.start, max(last.end, span.end), kind)
+        else:
+            merged.append(span)
+    return merged
+
+
+def _to_finding(span: _Span, starts: Sequence[int]) -> Finding:
+    line = bisect.bisect_right(starts, span.start)
+    end_line = bisect.bisect_right(starts, span.end - 1)
+    return Finding(
+        kind=span.kind,
+        line=line,
+        start=span.start - starts[line - 1],
+        end=span.end - starts[end_line - 1],
+        end_line=end_line,
+    )
+
+
+def _to_span(finding: Finding, lines: Sequence[str], starts: Sequence[int]) -> _Span:
+    if finding.end_line > len(lines):
+        raise ValueError(f"finding beyond the end of the text: {finding!r}")
+    if finding.start > len(lines[finding.line - 1]) or finding.end > len(
+        lines[finding.end_line - 1]
+    ):
+        raise ValueError(f"finding beyond the end of its line: {finding!r}")
+    return _Span(
+        starts[finding.line - 1] + finding.start,
+        starts[finding.end_line - 1] + finding.end,
+        finding.kind,
+    )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def scan(text: str) -> list[Finding]:
+    """Find the secrets in `text`, sorted by position, overlapping ones merged."""
+    if not text:
+        return []
+    lines = text.split("\n")
+    starts = _line_starts(lines)
+    spans = _engine_spans(_units(lines, starts))
+    keys = [s for s in spans if s.kind == "private-key"]
+    if keys:
+        spans = [s for s in spans if s.kind != "private-key"]
+        spans.extend(_private_key_spans(text, starts, keys))
+    return [_to_finding(span, starts) for span in _merge(spans)]
+
+
+def redact(text: str, findings: Sequence[Finding]) -> str:
+    """Replace each finding in `text` by ``[REDACTED:<kind>]``; nothing else changes.
+
+    Raises ValueError if a finding does not fit in `text` (it came from another text).
+    """
+    if not findings:
+        return text
+    lines = text.split("\n")
+    starts = _line_starts(lines)
+    parts: list[str] = []
+    pos = 0
+    for span in _merge(_to_span(f, lines, starts) for f in findings):
+        parts.append(text[pos : span.start])
+        parts.append(f"[REDACTED:{span.kind}]")
+        pos = span.end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+_SAFE_KIND: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
+
+
+def describe(findings: Sequence[Finding]) -> str:
+    """Say for a person which kinds of secret were found on which lines.
+
+    E.g. ``"aws-access-key on line 3, github-token on lines 7 and 9, private-key on lines
+    12-40"``.  Only kinds and line numbers appear, never the secrets.
+    """
+    if not findings:
+        return "no secrets found"
+    by_kind: dict[str, list[tuple[int, int]]] = {}
+    seen: set[tuple[str, int, int]] = set()
+    for f in sorted(findings, key=lambda f: (f.line, f.start, f.end_line, f.end)):
+        kind = f.kind if _SAFE_KIND.fullmatch(f.kind) else _FALLBACK_KIND
+        if (kind, f.line, f.end_line) not in seen:
+            seen.add((kind, f.line, f.end_line))
+            by_kind.setdefault(kind, []).append((f.line, f.end_line))
+    parts = []
+    for kind, ranges in by_kind.items():
+        labels = [str(a) if a == b else f"{a}-{b}" for a, b in ranges]
+        word = "line" if len(ranges) == 1 and ranges[0][0] == ranges[0][1] else "lines"
+        shown = labels[:_MAX_LINES_SHOWN]
+        if len(labels) > len(shown):
+            where = f"{', '.join(shown)} and {len(labels) - len(shown)} more"
+        elif len(shown) == 1:
+            where = shown[0]
+        else:
+            where = f"{', '.join(shown[:-1])} and {shown[-1]}"
+        parts.append(f"{kind} on {word} {where}")
+    return ", ".join(parts)

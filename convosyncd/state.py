@@ -1,0 +1,135 @@
+"""What the daemon remembers between runs, one small JSON file per repo.
+
+``<state dir>/repos/<name>-<hash>.json`` holds the last publish, push, poll and error
+(for ``status``), and ``notified_through``: the sync-branch commit whose handoffs have
+all been considered for a notification, so that none is ever raised twice, even after
+a restart. The file is replaced atomically; a corrupt or truncated one is set aside
+(``.corrupt``), logged, and replaced by a fresh state that notifies nothing already
+on the local branch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convosyncd.atomic import write_atomically
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+@dataclass
+class Event:
+    """Something that happened, when, and a few words about it."""
+
+    time: str
+    message: str
+
+
+@dataclass
+class RepoState:
+    """The remembered facts about one repo."""
+
+    path: str = ""
+    device: str = ""
+    remote: str = ""
+    branch: str = ""
+    last_publish: Event | None = None
+    last_push: Event | None = None
+    last_poll: Event | None = None
+    last_pull: Event | None = None
+    last_error: Event | None = None
+    draft_problem: Event | None = None
+    pending: int = 0
+    local_tip: str | None = None
+    remote_tip: str | None = None
+    notified_through: str | None = None
+    initialized: bool = False
+    notified_problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["version"] = VERSION
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RepoState:
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise ValueError("not a convosyncd repo state of this version")
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):
+            if item.name not in data:
+                continue
+            value = data[item.name]
+            if item.name in _EVENT_FIELDS and value is not None:
+                value = Event(time=str(value["time"]), message=str(value["message"]))
+            values[item.name] = value
+        state = cls(**values)
+        if not isinstance(state.pending, int) or not isinstance(state.notified_problems, list):
+            raise ValueError("wrong field types")
+        return state
+
+
+_EVENT_FIELDS = {"last_publish", "last_push", "last_poll", "last_pull", "last_error", "draft_problem"}
+
+
+def state_file(state_dir: Path, repo_path: Path) -> Path:
+    """Where the state of the repo at ``repo_path`` lives."""
+    digest = hashlib.sha256(str(repo_path).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", repo_path.name)[:40] or "repo"
+    return state_dir / "repos" / f"{name}-{digest}.json"
+
+
+def lock_file(state_dir: Path, repo_path: Path) -> Path:
+    """The lock that keeps two processes from changing one repo's sync branch at once."""
+    return state_file(state_dir, repo_path).with_suffix(".lock")
+
+
+def load(path: Path, *, repair: bool = True) -> tuple[RepoState, bool]:
+    """The state stored at ``path``, and whether it is a fresh one for a new repo.
+
+    A missing file gives a fresh state (``True``); an unreadable one gives an empty
+    state that is *not* fresh (``False``), so nothing already on the local branch is
+    notified again. ``repair`` sets an unreadable file aside; readers such as
+    ``status`` pass False and leave it to the daemon.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return RepoState(), True
+    except OSError as error:
+        log.warning("cannot read state %s (%s); starting afresh", path, error.strerror)
+        return RepoState(), False
+    try:
+        return RepoState.from_json(json.loads(raw.decode("utf-8"))), False
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as error:
+        if not repair:
+            return RepoState(last_error=Event("", f"state file {path} is unreadable: {error}")), False
+        aside = path.with_name(path.name + ".corrupt")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            aside = path
+        log.warning(
+            "state file %s was unreadable (%s); kept as %s and started afresh "
+            "(handoffs already on this machine will not be notified again)",
+            path,
+            error,
+            aside,
+        )
+        return RepoState(), False
+
+
+def save(path: Path, state: RepoState) -> None:
+    """Store ``state`` at ``path`` atomically."""
+    data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    write_atomically(path, data)

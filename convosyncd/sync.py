@@ -1,0 +1,619 @@
+"""One repo's sync: publish the draft, pull the other devices' handoffs, push, notify.
+
+:meth:`RepoSync.cycle` is the whole tick, the same code for the daemon's timer and for
+``convosyncd sync``; :meth:`RepoSync.publish` and :meth:`RepoSync.push` are its halves
+that the daemon also runs on their own when a draft settles or a push is retried. A
+repo's trouble becomes a :class:`CycleResult` and a log line, never an exception that
+escapes into the daemon's loop.
+
+Two locks per repo: local changes (the draft, the sync ref, the state file) are made
+under a short lock that also excludes other convosyncd processes, network calls under
+another, so a remote that hangs for its full time limit never delays taking a draft in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal
+
+from filelock import FileLock, Timeout
+
+from convosyncd import draft as drafts
+from convosyncd import state as states
+from convosyncd.catalog import Catalog
+from convosyncd.config import Config, RepoConfig
+from convosyncd.errors import ConvosyncError, GitError, GitTimeout
+from convosyncd.gitcmd import Git, mask_credentials
+from convosyncd.gitstore import Identity, SyncBranch
+from convosyncd.handoff import (
+    DRAFT_NAME,
+    HANDOFFS_DIR,
+    MATERIALIZED_NAME,
+    Notification,
+    Provenance,
+    content_digest,
+    digest_of_filename,
+    format_time,
+    handoff_filename,
+    newest_per_device,
+    notification_for,
+    plain_text,
+    render_plugin,
+    render_stored,
+    task_line,
+)
+from convosyncd.notify import Notifier
+from convosyncd.worktree import WorkTree
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 5
+"""How often a publish, merge or push is retried when another writer moved the branch."""
+
+LAYOUT_RECHECK = 300.0
+"""Seconds between full checks of ``.convosync/`` while it is there."""
+
+_OFFLINE_HINTS = (
+    "could not resolve host",
+    "connection refused",
+    "connection timed out",
+    "network is unreachable",
+    "no route to host",
+    "operation timed out",
+    "temporary failure in name resolution",
+    "connection reset",
+)
+
+PublishStatus = Literal["none", "published", "duplicate", "unsettled", "refused"]
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What became of the draft."""
+
+    status: PublishStatus
+    name: str = ""
+    retry_at: float | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """The outcome of one full cycle for one repo."""
+
+    repo: str
+    ok: bool
+    error: str | None = None
+    published: str | None = None
+    pushed: bool = False
+    arrived: tuple[str, ...] = field(default=())
+    notified: tuple[str, ...] = field(default=())
+    pending: int = 0
+    draft_problem: str | None = None
+    publish_at: float | None = None
+
+
+def now_text() -> str:
+    return format_time(datetime.now(timezone.utc))
+
+
+def is_offline_error(error: ConvosyncError) -> bool:
+    """An error that ordinary life produces (offline laptop, sleeping server)."""
+    if isinstance(error, GitTimeout):
+        return True
+    text = str(error).lower()
+    return any(hint in text for hint in _OFFLINE_HINTS)
+
+
+class RepoSync:
+    """The sync engine of one registered repo."""
+
+    def __init__(self, config: Config, repo: RepoConfig, notifier: Notifier) -> None:
+        self.config = config
+        self.repo = repo
+        self.notifier = notifier
+        self.git = Git(repo.path, network_timeout=config.network_timeout)
+        self.tree = WorkTree(repo.path, self.git)
+        self.branch = SyncBranch(self.git, remote=repo.remote, branch=repo.branch)
+        self.state_path = states.state_file(config.state_dir, repo.path)
+        self.state, fresh = states.load(self.state_path)
+        self.state.path = str(repo.path)
+        self.state.remote = repo.remote
+        self.state.branch = repo.branch
+        self.state.device = config.device
+        self._lock = threading.RLock()
+        self._net = threading.Lock()
+        self._file_lock = FileLock(str(states.lock_file(config.state_dir, repo.path)))
+        self._identity: Identity | None = None
+        self._tracked: set[str] | None = None
+        self.catalog = Catalog(self.branch, max_bytes=config.max_draft_bytes)
+        self._first_seen: tuple[drafts.Signature, float] | None = None
+        self._layout_checked = 0.0
+        self._refreshed_tip: str | None = None
+
+    @property
+    def device(self) -> str:
+        return self.config.device
+
+    def reconfigure(self, config: Config) -> None:
+        """Take new global settings (settle, timeouts, notify) without losing state."""
+        with self._lock:
+            if config.device != self.config.device:
+                self._layout_checked = 0.0
+            self.config = config
+            self.git.network_timeout = config.network_timeout
+            self.state.device = config.device
+
+    # -- locking --------------------------------------------------------------------
+
+    @contextmanager
+    def _local(self) -> Iterator[None]:
+        with self._lock:
+            try:
+                self._file_lock.acquire(timeout=60)
+            except Timeout:
+                raise ConvosyncError(
+                    f"another convosyncd process has held the lock on {self.repo.path} for a "
+                    f"minute ({self._file_lock.lock_file}); if none is running, delete that file"
+                ) from None
+            try:
+                yield
+            finally:
+                self._file_lock.release()
+
+    # -- the cycle ------------------------------------------------------------------
+
+    def cycle(self, *, require_settled: bool = True) -> CycleResult:
+        """Publish, pull, push, write ``session-handoff.md`` and notify; never raises."""
+        published: str | None = None
+        publish_at: float | None = None
+        pushed = False
+        arrived: tuple[str, ...] = ()
+        notified: tuple[str, ...] = ()
+        error: ConvosyncError | None = None
+        try:
+            self.ensure_layout()
+            outcome = self.publish(require_settled=require_settled)
+            if outcome.status == "published":
+                published = outcome.name
+            publish_at = outcome.retry_at
+            self.pull()
+            pushed = self.push()
+        except Exception as problem:  # noqa: BLE001 - a repo's trouble stays the repo's
+            error = self._as_error(problem)
+        try:
+            arrived, notified = self.refresh()
+        except Exception as problem:  # noqa: BLE001 - a repo's trouble stays the repo's
+            error = error or self._as_error(problem)
+        return self._conclude(error, published, pushed, arrived, notified, publish_at)
+
+    def _as_error(self, problem: Exception) -> ConvosyncError:
+        if isinstance(problem, ConvosyncError):
+            return problem
+        if isinstance(problem, OSError):
+            return ConvosyncError(f"{self.repo.path}: {problem}")
+        log.exception("%s: unexpected error", self.repo.path)
+        return ConvosyncError(
+            f"{self.repo.path}: unexpected {type(problem).__name__}: {problem} "
+            "(the log has the details; please report it)"
+        )
+
+    def fail(self, error: ConvosyncError) -> None:
+        """Record ``error`` (status, log, one notification) outside a full cycle."""
+        with self._lock:
+            self._record_error(error)
+            self._save()
+
+    def _conclude(
+        self,
+        error: ConvosyncError | None,
+        published: str | None,
+        pushed: bool,
+        arrived: tuple[str, ...],
+        notified: tuple[str, ...],
+        publish_at: float | None,
+    ) -> CycleResult:
+        with self._lock:
+            if error is None:
+                self.state.last_error = None
+                self.state.notified_problems = [
+                    key for key in self.state.notified_problems if key.startswith("draft:")
+                ]
+            else:
+                self._record_error(error)
+            self._save()
+            problem = self.state.draft_problem.message if self.state.draft_problem else None
+            return CycleResult(
+                repo=str(self.repo.path),
+                ok=error is None,
+                error=mask_credentials(str(error)) if error else None,
+                published=published,
+                pushed=pushed,
+                arrived=arrived,
+                notified=notified,
+                pending=self.state.pending,
+                draft_problem=problem,
+                publish_at=publish_at,
+            )
+
+    def _record_error(self, error: ConvosyncError) -> None:
+        message = mask_credentials(str(error))
+        log.error("%s: %s", self.repo.path, message)
+        self.state.last_error = states.Event(now_text(), message)
+        if is_offline_error(error):
+            return
+        key = f"error:{message[:200]}"
+        if key not in self.state.notified_problems:
+            self._remember_problem(key)
+            self.notifier.send(
+                Notification(
+                    title=plain_text(f"convosyncd: trouble with {self.repo.path.name}", 80),
+                    message=plain_text(message, 240),
+                )
+            )
+
+    def _remember_problem(self, key: str) -> None:
+        self.state.notified_problems = [*self.state.notified_problems[-19:], key]
+
+    def _save(self) -> None:
+        try:
+            states.save(self.state_path, self.state)
+        except OSError as error:
+            log.error("cannot save state %s: %s", self.state_path, error)
+
+    # -- the work tree ---------------------------------------------------------------
+
+    def ensure_layout(self) -> None:
+        """Check the repo is there; create ``.convosync/`` and its exclude line if needed.
+
+        The full check (exclude line, ``device-id``, which files the person tracks) runs
+        at start, whenever ``.convosync/`` has gone, and every few minutes.
+        """
+        self.tree.check_exists()
+        fresh = time.monotonic() - self._layout_checked < LAYOUT_RECHECK
+        if self._layout_checked and fresh and self.tree.folder.is_dir():
+            return
+        with self._local():
+            self.tree.prepare(self.device)
+            self._tracked = self.tree.tracked()
+            self._layout_checked = time.monotonic()
+            if not self.state.initialized:
+                # First sight of this repo (or its state was lost): what is already on the
+                # local branch is known, so only handoffs arriving from now on notify.
+                self.state.notified_through = self.branch.tip()
+                self.state.initialized = True
+                self._save()
+
+    # -- publishing ------------------------------------------------------------------
+
+    def publish(self, *, require_settled: bool = True) -> PublishResult:
+        """Publish the draft if there is one (and it has settled); never pushes."""
+        with self._local():
+            try:
+                draft = drafts.read(self.tree.draft, self.config.max_draft_bytes)
+            except drafts.DraftRefused as refusal:
+                self._draft_problem(refusal)
+                return PublishResult("refused", message=str(refusal))
+            if draft is None:
+                self._first_seen = None
+                self._clear_draft_problem()
+                return PublishResult("none")
+            if require_settled:
+                retry_at = self._settles_at(draft.signature)
+                if retry_at is not None:
+                    return PublishResult("unsettled", retry_at=retry_at)
+            try:
+                return self._publish(draft)
+            except drafts.DraftRefused as refusal:
+                self._draft_problem(refusal, draft.signature)
+                return PublishResult("refused", message=str(refusal))
+
+    def _settles_at(self, signature: drafts.Signature) -> float | None:
+        """None if the draft has been still for ``settle`` seconds, else when it will be."""
+        now = time.time()
+        changed = signature.mtime_ns / 1e9
+        if changed <= now + 1:
+            ready = changed + self.config.settle
+            return None if ready <= now else ready
+        # A modification time in the future (a copied file, a clock jump): count from
+        # the moment this version was first seen instead.
+        if self._first_seen is None or self._first_seen[0] != signature:
+            self._first_seen = (signature, now)
+        ready = self._first_seen[1] + self.config.settle
+        return None if ready <= now else ready
+
+    def _publish(self, draft: drafts.Draft) -> PublishResult:
+        digest = content_digest(draft.data)
+        for _attempt in range(ATTEMPTS):
+            tip = self.branch.tip()
+            folder = self.branch.device_folders(tip).get(self.device)
+            for entry in self.branch.device_files(folder):
+                if digest_of_filename(entry.name) == digest:
+                    log.info(
+                        "%s: draft already published as %s; removing the draft",
+                        self.repo.path,
+                        entry.name,
+                    )
+                    self._finish_draft(draft)
+                    return PublishResult("duplicate", name=entry.name)
+            text = self._screen_secrets(draft)
+            head = self.tree.head()
+            created = datetime.now(timezone.utc)
+            name = handoff_filename(created, digest)
+            provenance = Provenance(self.device, created, head.commit, head.branch)
+            blob = self.branch.write_blob(render_stored(provenance, text))
+            root = self.branch.add_file(tip, (HANDOFFS_DIR, self.device), name, blob)
+            task = task_line(text)
+            commit = self.branch.commit(
+                root,
+                [tip] if tip else [],
+                f"handoff({self.device}): {task}",
+                self.identity(),
+                created,
+            )
+            if self.branch.move(commit, tip, f"publish {name}"):
+                break
+        else:
+            raise ConvosyncError(
+                f"{self.repo.path}: the sync branch kept changing while publishing; "
+                "the draft stays and will be published on the next try"
+            )
+        log.info("%s: published %s/%s (%s)", self.repo.path, self.device, name, task)
+        self.state.last_publish = states.Event(now_text(), f"{name}: {task}")
+        self.state.local_tip = commit
+        self._clear_draft_problem()
+        self._finish_draft(draft)
+        self._update_pending()
+        self._materialize(commit)
+        self._save()
+        return PublishResult("published", name=name)
+
+    def _finish_draft(self, draft: drafts.Draft) -> None:
+        if DRAFT_NAME in (self._tracked or set()):
+            log.warning(
+                "%s: the draft is tracked by git on your branch, so it was left in place "
+                "(run `git rm --cached .convosync/%s` to let convosyncd remove it)",
+                self.repo.path,
+                DRAFT_NAME,
+            )
+            return
+        if not drafts.remove_if_unchanged(draft):
+            log.info("%s: the draft changed while publishing; the new version is next", self.repo.path)
+        self._first_seen = None
+
+    def _screen_secrets(self, draft: drafts.Draft) -> str:
+        from convosyncd import secretscan
+
+        findings = secretscan.scan(draft.text)
+        if not findings:
+            return draft.text
+        where = secretscan.describe(findings)
+        if self.config.secrets == "block":
+            raise drafts.DraftRefused(
+                f"{draft.path} contains what look like secrets ({where}) and the config says "
+                'secrets = "block": remove them from the draft, or set secrets = "redact"'
+            )
+        log.warning("%s: redacted %s from the draft before publishing", self.repo.path, where)
+        key = f"draft:redacted:{draft.signature}"
+        if key not in self.state.notified_problems:
+            self._remember_problem(key)
+            self.notifier.send(
+                Notification(
+                    title=plain_text(f"convosyncd redacted secrets in {self.repo.path.name}", 80),
+                    message=plain_text(f"Replaced before publishing: {where}", 240),
+                )
+            )
+        return secretscan.redact(draft.text, findings)
+
+    def _draft_problem(
+        self, refusal: drafts.DraftRefused, signature: drafts.Signature | None = None
+    ) -> None:
+        message = str(refusal)
+        if signature is None:
+            status = drafts.peek(self.tree.draft)
+            signature = drafts.Signature.of(status) if status else None
+        key = f"draft:{signature}:{message[:120]}"
+        self.state.draft_problem = states.Event(now_text(), message)
+        if key in self.state.notified_problems:
+            return
+        log.error("%s: draft refused: %s", self.repo.path, message)
+        self._remember_problem(key)
+        self._save()
+        self.notifier.send(
+            Notification(
+                title=plain_text(f"convosyncd could not publish in {self.repo.path.name}", 80),
+                message=plain_text(message, 240),
+            )
+        )
+
+    def _clear_draft_problem(self) -> None:
+        if self.state.draft_problem is not None:
+            self.state.draft_problem = None
+            self.state.notified_problems = [
+                key for key in self.state.notified_problems if not key.startswith("draft:")
+            ]
+            self._save()
+
+    def identity(self) -> Identity:
+        """The person's git identity where configured, else the device's name."""
+        if self._identity is None:
+            output = self.git.run(
+                "config", "--get-regexp", r"^user\.(name|email)$", check=False
+            ).text
+            values = dict(line.split(" ", 1) for line in output.splitlines() if " " in line)
+            self._identity = Identity(
+                name=values.get("user.name") or self.device,
+                email=values.get("user.email") or f"{self.device}@convosyncd.invalid",
+            )
+        return self._identity
+
+    # -- the remote ------------------------------------------------------------------
+
+    def pull(self) -> str | None:
+        """Ask the remote for its tip; fetch and merge only when it moved."""
+        with self._net:
+            remote_tip = self.branch.ls_remote()
+            self.state.last_poll = states.Event(now_text(), "checked the remote")
+            self.state.remote_tip = remote_tip
+            if remote_tip is None:
+                if self.branch.remote_known_tip() is not None:
+                    self.branch.forget_remote_tip()
+                return None
+            if remote_tip == self.state.local_tip == self.branch.tip():
+                return remote_tip
+            if not self.branch.has_commit(remote_tip):
+                self.branch.fetch()
+            elif self.branch.remote_known_tip() != remote_tip:
+                self.branch.record_remote_tip(remote_tip)
+            if not self.branch.has_commit(remote_tip):
+                raise GitError(
+                    f"{self.repo.path}: fetched {self.repo.remote} but its {self.repo.branch} "
+                    f"commit {remote_tip[:12]} is still missing; run `git -C {self.repo.path} "
+                    f"fetch {self.repo.remote}` to see why"
+                )
+        with self._local():
+            self._integrate(remote_tip)
+        return remote_tip
+
+    def _integrate(self, remote: str) -> str | None:
+        """Make the local branch contain ``remote``: adopt, fast-forward or merge."""
+        for _attempt in range(ATTEMPTS):
+            local = self.branch.tip()
+            if local == remote:
+                break
+            if local is None:
+                if self.branch.move(remote, None, f"first sync from {self.repo.remote}"):
+                    break
+                continue
+            if self.branch.is_ancestor(remote, local):
+                break
+            if self.branch.is_ancestor(local, remote):
+                if self.branch.move(remote, local, f"fast-forward from {self.repo.remote}"):
+                    break
+                continue
+            tree = self.branch.union_tree(
+                self.branch.root_tree(local), self.branch.root_tree(remote)
+            )
+            merged = self.branch.commit(
+                tree,
+                [local, remote],
+                f"merge({self.device}): handoffs from {self.repo.remote}",
+                self.identity(),
+                datetime.now(timezone.utc),
+            )
+            if self.branch.move(merged, local, f"merge {self.repo.remote}"):
+                log.info("%s: merged the remote's handoffs with this device's", self.repo.path)
+                break
+        else:
+            raise ConvosyncError(
+                f"{self.repo.path}: the sync branch kept changing while merging; will retry"
+            )
+        tip = self.branch.tip()
+        self.state.local_tip = tip
+        return tip
+
+    def push(self) -> bool:
+        """Push the local sync branch if the remote lacks some of it; True if pushed."""
+        with self._net:
+            for _attempt in range(ATTEMPTS):
+                local = self.branch.tip()
+                known = self.branch.remote_known_tip()
+                if local is None or local == known:
+                    self._set_pending(0)
+                    return False
+                outcome = self.branch.push(local)
+                if outcome.accepted:
+                    self.state.remote_tip = local
+                    self.state.last_push = states.Event(now_text(), f"pushed {local[:12]}")
+                    self._set_pending(0)
+                    log.info("%s: pushed the sync branch to %s", self.repo.path, self.repo.remote)
+                    return True
+                if not outcome.rejected:
+                    self._update_pending()
+                    raise GitError(
+                        f"{self.repo.path}: push to {self.repo.remote} failed: {outcome.message}"
+                    )
+                log.info("%s: push rejected (another device pushed first); merging", self.repo.path)
+                self.branch.fetch()
+                remote = self.branch.remote_known_tip()
+                if remote is not None:
+                    with self._local():
+                        self._integrate(remote)
+            self._update_pending()
+            raise ConvosyncError(
+                f"{self.repo.path}: the remote kept moving during {ATTEMPTS} pushes; will retry"
+            )
+
+    def _set_pending(self, count: int) -> None:
+        with self._lock:
+            self.state.pending = count
+
+    def _update_pending(self) -> None:
+        try:
+            count = self.branch.count_unpushed(self.branch.tip(), self.branch.remote_known_tip())
+        except GitError as error:
+            log.warning("%s: cannot count unpushed handoffs: %s", self.repo.path, error)
+            return
+        self._set_pending(count)
+
+    # -- what arrived ----------------------------------------------------------------
+
+    def refresh(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Rewrite ``session-handoff.md`` and notify what arrived since the last time."""
+        with self._local():
+            tip = self.branch.tip()
+            self.state.local_tip = tip
+            if tip is None:
+                return (), ()
+            if tip != self._refreshed_tip or not self.tree.materialized.exists():
+                self._materialize(tip)
+            baseline = self.state.notified_through
+            if baseline == tip:
+                return (), ()
+            if baseline is not None and not self.branch.has_commit(baseline):
+                baseline = None
+            arrived = self.catalog.arrivals(baseline, tip, self.device)
+            self.state.notified_through = tip
+            if arrived:
+                self.state.last_pull = states.Event(
+                    now_text(), f"{sum(len(v) for v in arrived.values())} new handoff(s)"
+                )
+            # Remember first, then notify: after a crash a notification may be missed,
+            # but never raised twice.
+            self._save()
+        notified = []
+        for device, name in sorted(newest_per_device(arrived, self.device).items()):
+            handoff = self.catalog.read(tip, device, name)
+            if handoff is None:
+                continue
+            delivery = self.notifier.send(notification_for(handoff, self.repo.path.name))
+            log.info(
+                "%s: handoff from %s arrived (%s); notification %s",
+                self.repo.path,
+                device,
+                handoff.task,
+                delivery.outcome,
+            )
+            notified.append(f"{device}/{name}")
+        names = tuple(f"{device}/{name}" for device, items in arrived.items() for name in items)
+        return names, tuple(notified)
+
+    def _materialize(self, tip: str) -> None:
+        if MATERIALIZED_NAME in (self._tracked or set()):
+            message = (
+                f"{self.tree.materialized} is tracked by git on your branch, so convosyncd "
+                "does not write it: run `git rm --cached .convosync/session-handoff.md` "
+                "and commit"
+            )
+            if self.state.last_error is None or self.state.last_error.message != message:
+                log.warning("%s", message)
+            return
+        if self.tree.write_materialized(render_plugin(self.catalog.latest(tip))):
+            log.debug("%s: wrote %s", self.repo.path, self.tree.materialized)
+        self._refreshed_tip = tip

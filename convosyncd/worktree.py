@@ -1,0 +1,170 @@
+"""The daemon's footprint in a work tree: ``.convosync/`` and one exclude line.
+
+convosyncd writes only inside ``.convosync/`` (the handoffs file, ``device-id``), keeps
+that folder out of ``git status`` through ``.git/info/exclude`` (never the person's
+``.gitignore``), and reads HEAD to record where a handoff was written. A file that the
+person's branch tracks is never written or removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from convosyncd.atomic import write_atomically
+from convosyncd.errors import UsageError
+from convosyncd.gitcmd import Git
+from convosyncd.handoff import CONVOSYNC_DIR, DEVICE_ID_NAME, DRAFT_NAME, MATERIALIZED_NAME
+
+log = logging.getLogger(__name__)
+
+EXCLUDE_LINE = f"/{CONVOSYNC_DIR}/"
+EXCLUDE_COMMENT = "# convosyncd: session handoffs, synced on their own branch"
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """Where the work tree's HEAD is: a commit (or none yet) and a branch description."""
+
+    commit: str
+    branch: str
+
+
+def validate(path: Path, remote: str) -> Path:
+    """The top folder of the work tree at ``path``; a clear error if it cannot be synced."""
+    import git as gitpython  # GitPython: only needed here, and slow to import
+
+    if not path.exists():
+        raise UsageError(f"{path} does not exist: give the folder of a git work tree")
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder: give the folder of a git work tree")
+    try:
+        repo = gitpython.Repo(path, search_parent_directories=False)
+    except (gitpython.InvalidGitRepositoryError, gitpython.NoSuchPathError):
+        raise UsageError(
+            f"{path} is not a git work tree: run `git init` or `git clone` there first, "
+            "or give the top folder of an existing clone"
+        ) from None
+    try:
+        if repo.bare or repo.working_tree_dir is None:
+            raise UsageError(
+                f"{path} is a bare repository: register a clone with a work tree instead"
+            )
+        top = Path(repo.working_tree_dir).resolve()
+        if top != path.resolve():
+            raise UsageError(
+                f"{path} is inside the work tree {top}: register the top folder, "
+                f"`convosyncd add {top}`"
+            )
+        names = [item.name for item in repo.remotes]
+        if remote not in names:
+            known = ", ".join(names) if names else "none"
+            raise UsageError(
+                f"{path} has no git remote named '{remote}' (remotes: {known}): add one with "
+                f"`git -C {path} remote add {remote} URL`, or pass --remote NAME"
+            )
+    finally:
+        repo.close()
+    return top
+
+
+class WorkTree:
+    """One registered work tree, seen from the daemon."""
+
+    def __init__(self, path: Path, git: Git) -> None:
+        self.path = path
+        self.git = git
+        self.folder = path / CONVOSYNC_DIR
+        self.draft = self.folder / DRAFT_NAME
+        self.materialized = self.folder / MATERIALIZED_NAME
+        self.device_id = self.folder / DEVICE_ID_NAME
+        self._git_dir: Path | None = None
+
+    @property
+    def git_dir(self) -> Path:
+        if self._git_dir is None:
+            self._git_dir = Path(self.git.out("rev-parse", "--absolute-git-dir"))
+        return self._git_dir
+
+    def check_exists(self) -> None:
+        """Raise a clear error if the work tree is gone or no longer a git work tree."""
+        if not self.path.is_dir():
+            raise UsageError(
+                f"the repo folder {self.path} is missing: put it back, or "
+                f"`convosyncd remove {self.path}`"
+            )
+        if not (self.path / ".git").exists():
+            raise UsageError(
+                f"{self.path} is no longer a git work tree (no .git): restore it, or "
+                f"`convosyncd remove {self.path}`"
+            )
+
+    def prepare(self, device: str) -> None:
+        """Create ``.convosync/``, exclude it, and write ``device-id``."""
+        self.folder.mkdir(exist_ok=True)
+        self._exclude()
+        tracked = self.tracked()
+        if DEVICE_ID_NAME in tracked:
+            return
+        try:
+            current = self.device_id.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, UnicodeDecodeError, IsADirectoryError):
+            current = None
+        if current != device:
+            write_atomically(self.device_id, f"{device}\n".encode(), durable=False)
+
+    def _exclude(self) -> None:
+        exclude = Path(self.git.out("rev-parse", "--git-path", "info/exclude"))
+        if not exclude.is_absolute():
+            exclude = self.path / exclude
+        try:
+            text = exclude.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            text = ""
+        if any(line.strip() == EXCLUDE_LINE for line in text.splitlines()):
+            return
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += f"{EXCLUDE_COMMENT}\n{EXCLUDE_LINE}\n"
+        write_atomically(exclude, text.encode("utf-8", "surrogateescape"), durable=False)
+
+    def tracked(self) -> set[str]:
+        """Names of the files in ``.convosync/`` that the person's index tracks."""
+        output = self.git.run("ls-files", "-z", "--", CONVOSYNC_DIR).stdout.decode(
+            "utf-8", "surrogateescape"
+        )
+        prefix = f"{CONVOSYNC_DIR}/"
+        return {name[len(prefix) :] for name in output.split("\0") if name.startswith(prefix)}
+
+    def head(self) -> HeadInfo:
+        """HEAD's commit and branch (``detached at ...`` or ``rebasing X`` as the case is)."""
+        commit_result = self.git.run("rev-parse", "-q", "--verify", "HEAD^{commit}", check=False)
+        commit = commit_result.text if commit_result.returncode == 0 else "none (no commits yet)"
+        branch_result = self.git.run("symbolic-ref", "-q", "--short", "HEAD", check=False)
+        if branch_result.returncode == 0 and branch_result.text:
+            return HeadInfo(commit=commit, branch=branch_result.text)
+        for state in ("rebase-merge", "rebase-apply"):
+            try:
+                name = (self.git_dir / state / "head-name").read_text(encoding="utf-8").strip()
+            except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+                continue
+            return HeadInfo(commit=commit, branch=f"{name.removeprefix('refs/heads/')} (rebasing)")
+        return HeadInfo(commit=commit, branch="HEAD (detached)")
+
+    def write_materialized(self, text: str) -> bool:
+        """Write ``session-handoff.md`` if its content changed; False if left alone."""
+        data = text.encode("utf-8")
+        try:
+            if self.materialized.read_bytes() == data:
+                return False
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        if self.materialized.is_symlink() or self.materialized.is_dir():
+            raise UsageError(
+                f"{self.materialized} is a link or a folder; convosyncd writes only a plain "
+                "file there: remove it"
+            )
+        self.folder.mkdir(exist_ok=True)
+        write_atomically(self.materialized, data, durable=False)
+        return True
