@@ -105,9 +105,6 @@ _MAX_LINES_SHOWN: Final = 10
 _ENGINE_LOCK: Final = threading.Lock()
 """Serialises every use of detect-secrets (process-global settings, not thread-safe)."""
 
-_FILENAME: Final = "handoff.md"
-"""Name reported to detect-secrets; only used in its PotentialSecret objects."""
-
 
 # --------------------------------------------------------------------------- patterns
 # Characters that glue a token to what precedes it.  "]" is included so that a token
@@ -166,7 +163,7 @@ _AWS_SECRET_ASSIGNMENT_PATTERNS: Final = [
     # aws_secret_access_key = ..., AWS_SECRET_ACCESS_KEY=..., "SecretAccessKey": "..."
     # (detect-secrets only finds quoted values next to the word "aws").
     re.compile(
-        r"(?i:(?:aws[_\-]?)?secret[_\-]?access[_\-]?key|aws[_\-]?secret[_\-]?key)"
+        r"(?i:secret[_\-]?access[_\-]?key|aws[_\-]?secret[_\-]?key)"
         r"[\"']?[ \t]{0,8}[:=][ \t]{0,8}[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
     ),
 ]
@@ -189,7 +186,6 @@ _PEM_END: Final = re.compile(
     r"(?:-{4,5} ?)?END [A-Z0-9 ]{0,40}?PRIVATE KEY(?: BLOCK)?(?: ?-{4,5})?"
 )
 _PUTTY_END: Final = re.compile(r"Private-MAC:[ \t]*[0-9A-Fa-f]*")
-_MARKER_HEAD: Final = re.compile(r"-{4,5} ?\Z")
 _MARKER_TAIL: Final = re.compile(r"(?: BLOCK)?(?: ?-{4,5})?")
 # What may follow a header on its line for it to count as the start of a real block:
 # nothing (but quotes/punctuation), an escaped newline (JSON, .env), or key material.
@@ -375,7 +371,6 @@ class _Span(NamedTuple):
 class _Unit(NamedTuple):
     """A whole line, or one window of a very long line."""
 
-    line_no: int  # 1-based
     offset: int  # absolute offset of text[0]
     text: str  # without a trailing "\r"
 
@@ -395,11 +390,11 @@ def _units(lines: Sequence[str], starts: Sequence[int]) -> Iterator[_Unit]:
         line = raw[:-1] if raw.endswith("\r") else raw
         if len(line) <= _WINDOW:
             if line:
-                yield _Unit(i + 1, starts[i], line)
+                yield _Unit(starts[i], line)
             continue
         pos = 0
         while True:
-            yield _Unit(i + 1, starts[i] + pos, line[pos : pos + _WINDOW])
+            yield _Unit(starts[i] + pos, line[pos : pos + _WINDOW])
             if pos + _WINDOW >= len(line):
                 break
             pos += step
@@ -453,13 +448,10 @@ def _engine_spans(units: Iterable[_Unit]) -> list[_Span]:
             for plugin in plugins:
                 if not any(regex.search(segment) for regex in plugin.denylist):
                     continue
+                secret_type: str = plugin.secret_type
                 for unit in group:
-                    found = plugin.analyze_line(
-                        filename=_FILENAME, line=unit.text, line_number=unit.line_no
-                    )
-                    for secret in found:
-                        value = secret.secret_value or ""
-                        kind = _kind_for(secret.type, value)
+                    for value in set(plugin.analyze_string(unit.text)):
+                        kind = _kind_for(secret_type, value)
                         spans.extend(
                             _Span(unit.offset + i, unit.offset + j, kind)
                             for i, j in _occurrences(unit.text, value, kind)
@@ -470,14 +462,21 @@ def _engine_spans(units: Iterable[_Unit]) -> list[_Span]:
 # --------------------------------------------------------------------------- private keys
 
 
+def _dashes_before(text: str, pos: int) -> int:
+    """Where a ``-----`` or ``---- `` in front of a BEGIN header at `pos` starts."""
+    j = pos - 1 if pos > 0 and text[pos - 1] == " " else pos
+    k = j
+    while k > 0 and j - k < 5 and text[k - 1] == "-":
+        k -= 1
+    return k if j - k >= 4 else pos
+
+
 def _private_key_spans(text: str, starts: Sequence[int], markers: Iterable[_Span]) -> list[_Span]:
     """Turn BEGIN-header spans into spans covering their whole block."""
     headers: set[tuple[int, int, bool]] = set()
     for marker in markers:
         start, end = marker.start, marker.end
-        head = _MARKER_HEAD.search(text, max(0, start - 6), start)
-        if head is not None:
-            start = head.start()
+        start = _dashes_before(text, start)
         tail = _MARKER_TAIL.match(text, end)
         if tail is not None:
             end = tail.end()
@@ -498,13 +497,12 @@ def _private_key_spans(text: str, starts: Sequence[int], markers: Iterable[_Span
         if start < covered:
             continue  # inside the previous block
         line_index = bisect.bisect_right(starts, start) - 1
-        line_end = text.find("\n", end)
-        rest = text[end : len(text) if line_end == -1 else line_end]
+        line_end = starts[line_index + 1] - 1 if line_index + 1 < len(starts) else len(text)
         if putty:
-            is_block = rest.startswith(":") and start == starts[line_index]
+            is_block = text.startswith(":", end) and start == starts[line_index]
             ends = putty_ends
         else:
-            is_block = _BLOCK_REST.match(rest) is not None
+            is_block = _BLOCK_REST.match(text, end, line_end) is not None
             ends = pem_ends
         if is_block:
             k = bisect.bisect_left(ends, (end, -1))

@@ -230,7 +230,10 @@ def private_bus(tmp_dir: Path, *, start_timeout: float = BUS_START_TIMEOUT) -> I
                 )
             address = line.decode("utf-8", errors="replace").strip()
             if not address.startswith("unix:"):
-                status = proc.poll()
+                try:  # stdout closed: the daemon is on its way out
+                    status: int | None = proc.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    status = None
                 raise DBusTestSetupError(
                     f"dbus-daemon did not start (exit status {status}, printed {address!r}, "
                     f"config {config_path}); stderr: {_read_text(stderr_path)!r}"

@@ -48,7 +48,9 @@ HANDOFF = """\
 """
 
 
-def handoff_text(task: str = "Implementing OAuth refresh tokens", fact: str = "Nothing else") -> str:
+def handoff_text(
+    task: str = "Implementing OAuth refresh tokens", fact: str = "Nothing else"
+) -> str:
     """A realistic draft in the plugin's sections."""
     return HANDOFF.format(task=task, fact=fact)
 
@@ -180,7 +182,9 @@ def make_device(
     repo = folder / "app"
     git(root, "clone", "--quiet", str(remote), str(repo))
     defaults: dict[str, Any] = {"settle": 0.2, "pull_interval": 1.0, "notify": False}
-    device = Device(name=name, root=folder, repo=repo, remote=remote, settings={**defaults, **settings})
+    device = Device(
+        name=name, root=folder, repo=repo, remote=remote, settings={**defaults, **settings}
+    )
     device.write_config(repos=[repo] if register else [])
     if register:
         (repo / CONVOSYNC_DIR).mkdir(exist_ok=True)
@@ -281,7 +285,9 @@ def snapshot(repo: Path) -> dict[str, str]:
     user_refs = "\n".join(
         line
         for line in refs.splitlines()
-        if not line.startswith(("refs/heads/convosync ", "refs/convosync/", "refs/remotes/origin/convosync "))
+        if not line.startswith(
+            ("refs/heads/convosync ", "refs/convosync/", "refs/remotes/origin/convosync ")
+        )
     )
     files = {}
     for path in sorted(repo.rglob("*")):
@@ -300,7 +306,9 @@ def snapshot(repo: Path) -> dict[str, str]:
     return {
         "refs": user_refs,
         "stash": git(repo, "stash", "list", check=False),
-        "status": git(repo, "--no-optional-locks", "status", "--porcelain=v1", "--untracked-files=all"),
+        "status": git(
+            repo, "--no-optional-locks", "status", "--porcelain=v1", "--untracked-files=all"
+        ),
         "files": json.dumps(files, sort_keys=True),
         **special,
     }
