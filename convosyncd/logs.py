@@ -14,8 +14,13 @@ from convosyncd.gitcmd import mask_credentials
 
 
 class _MaskingFormatter(logging.Formatter):
+    """Masks credentials and keeps each event on one line (tracebacks excepted)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return mask_credentials(super().format(record))
+        text = super().format(record)
+        if not record.exc_info:
+            text = " ".join(line.strip() for line in text.splitlines())
+        return mask_credentials(text)
 
 
 def under_journal() -> bool:

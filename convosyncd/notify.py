@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", module=r"plyer(\..*)?$")
 
 APP_NAME = "convosyncd"
+SERVER_NAME = "org.freedesktop.Notifications"
 MAX_OUTSTANDING = 3
 
 Outcome = Literal["sent", "failed", "timed out", "skipped", "off"]
@@ -48,6 +49,38 @@ def session_bus_available() -> bool:
         return True
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     return bool(runtime) and os.path.exists(os.path.join(runtime, "bus"))
+
+
+def server_problem(timeout: float) -> str | None:
+    """Why no notification server can take a notification now, or None if one can.
+
+    plyer's ``notify-send`` route ignores failures, so the daemon asks the session bus
+    itself (with ``jeepney``, a pure-Python D-Bus client, and a time limit) whether
+    anybody owns ``org.freedesktop.Notifications``.
+    """
+    if not session_bus_available():
+        return "no desktop session bus (DBUS_SESSION_BUS_ADDRESS is unset)"
+    from jeepney import DBusAddress, new_method_call
+    from jeepney.io.blocking import open_dbus_connection
+
+    try:
+        connection = open_dbus_connection(bus="SESSION", auth_timeout=timeout)
+    except Exception as error:  # noqa: BLE001 - any failure to connect means "no bus"
+        return f"cannot connect to the session bus: {error}"
+    try:
+        bus = DBusAddress(
+            "/org/freedesktop/DBus", bus_name="org.freedesktop.DBus", interface="org.freedesktop.DBus"
+        )
+        reply = connection.send_and_get_reply(
+            new_method_call(bus, "NameHasOwner", "s", (SERVER_NAME,)), timeout=timeout
+        )
+        if not reply.body or not reply.body[0]:
+            return "no notification server is running on the session bus"
+    except Exception as error:  # noqa: BLE001 - a bus that misbehaves is a problem, not a crash
+        return f"the session bus did not answer: {error}"
+    finally:
+        connection.close()
+    return None
 
 
 def route() -> str:
@@ -78,9 +111,11 @@ class Notifier:
         """Deliver ``notification``; returns within about ``timeout`` seconds."""
         if not self.enabled:
             return Delivery("off")
-        if sys.platform.startswith("linux") and not session_bus_available():
-            log.info("notification not sent: no desktop session bus (%s)", notification.title)
-            return Delivery("failed", "no desktop session bus (DBUS_SESSION_BUS_ADDRESS is unset)")
+        if sys.platform.startswith("linux"):
+            problem = server_problem(min(self.timeout, 2.0))
+            if problem is not None:
+                log.warning("notification not sent (%s): %s", problem, notification.title)
+                return Delivery("failed", problem)
         with self._lock:
             if self._outstanding >= MAX_OUTSTANDING:
                 detail = (

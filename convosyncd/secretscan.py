@@ -5,57 +5,62 @@ secrets a person may have pasted into the conversation (cloud keys, API tokens, 
 private key blocks, passwords inside URLs), replaces them with ``[REDACTED:<kind>]``
 markers, and describes what it found in words that never repeat the secret.  It does not
 read or write files, talk to git, or decide policy (block the push, notify, ...): callers
-get :class:`Finding` objects and do that themselves.
+get :class:`Finding` objects and act on them.
 
 Engine
-    detect-secrets (1.5) is the engine.  Each scan runs under ``transient_settings`` with an
-    explicit plugin list and no filters, so that no other code's global detect-secrets
-    configuration leaks in, no network verification can be triggered, and a pasted
-    ``pragma: allowlist secret`` comment cannot hide a secret.  The KeywordDetector and the
-    high-entropy detectors are deliberately not enabled: handoffs are prose full of commit
-    hashes and identifiers.  detect-secrets keeps process-global settings and is not
-    thread-safe, so everything that touches it runs under :data:`_ENGINE_LOCK`; the daemon
-    scans from several worker threads.  (Other code in this process that uses
-    detect-secrets directly must not run concurrently with :func:`scan`.)
+    detect-secrets (1.5) is the engine.  Each scan enters ``transient_settings`` with an
+    explicit plugin list (:data:`_BUILTIN_PLUGINS`) and no filters, and lets detect-secrets
+    instantiate those plugins; no other code's global detect-secrets configuration leaks
+    in, and a pasted ``pragma: allowlist secret`` comment cannot hide a secret.  The
+    KeywordDetector and the high-entropy detectors are deliberately not enabled: handoffs
+    are prose full of commit hashes and identifiers.  Each plugin's ``analyze_string`` is
+    called per line, which is the core of detect-secrets' ``scan_line`` without its
+    per-line filter and ``PotentialSecret`` bookkeeping (3x slower on inputs with many
+    hits) and without any chance of network verification.  detect-secrets keeps
+    process-global settings and is not thread-safe, so everything that touches it runs
+    under :data:`_ENGINE_LOCK` (the daemon scans from several worker threads; other code
+    in the process must not use detect-secrets concurrently with :func:`scan`).
 
 Detectors we add or replace
-    They are written as detect-secrets ``RegexBasedDetector`` subclasses rather than plain
-    regexes beside the engine, so that every detector goes through the same path
-    (``analyze_line`` -> ``PotentialSecret`` -> :data:`_KIND_TABLE`), and so that replaced
-    built-ins keep their behaviour (e.g. the JWT structural check).  The classes are built
-    on first use, because importing detect-secrets costs ~120 ms and the CLI imports this
-    module on every start; the patterns themselves are plain module constants.
+    They are detect-secrets ``RegexBasedDetector`` subclasses rather than plain regexes
+    beside the engine: every detector then goes through the same path (``analyze_string``
+    -> ``secret_type`` -> :data:`_KIND_TABLE`), and replaced built-ins keep their other
+    behaviour (the JWT structural check).  The classes are created on the first scan,
+    because importing detect-secrets costs ~120 ms and the CLI imports this module on every
+    start; the patterns themselves are plain module constants.
 
-    * new: Anthropic keys, Google API keys, unquoted ``aws_secret_access_key = ...``
-      assignments, Slack app/refresh tokens, any ``-----BEGIN ... PRIVATE KEY-----`` header
-      (the built-in list misses e.g. ``ENCRYPTED PRIVATE KEY``), full-length and test
-      Stripe keys, and URL passwords that contain reserved characters.
+    * added: Anthropic keys, Google API keys, unquoted ``aws_secret_access_key = ...``
+      assignments, Slack app/refresh tokens, every PEM ``BEGIN ... PRIVATE KEY`` header
+      (the built-in list misses e.g. ``ENCRYPTED PRIVATE KEY``), Stripe test keys and
+      keys longer than 24 characters, and URL passwords containing reserved characters.
     * replaced: GitHub and GitLab (1.5.0 wraps the prefix in a capturing group, so
-      ``findall`` reports just ``"ghp"``), JWT (unbounded quantifiers are quadratic on
-      one long line, and the lazy tail drops the signature) and OpenAI (quadratic; also
-      misses ``sk-proj-`` keys without the ``T3BlbkFJ`` marker).
+      ``findall`` reports just ``"ghp"``), JWT (unbounded quantifiers are quadratic on one
+      long line, and the lazy tail drops the signature) and OpenAI (quadratic; also misses
+      ``sk-proj-`` keys without the ``T3BlbkFJ`` marker).
 
 Performance
     Drafts are up to 1 MiB.  Every pattern is bounded and, where a prefix could repeat
-    (``eyJeyJ...``), anchored to a token boundary so one long run has one candidate start.
+    (``eyJeyJ...``), anchored to a token boundary so a long run has one candidate start.
     Lines longer than :data:`_WINDOW` characters are scanned in overlapping windows (a
     secret up to :data:`_OVERLAP` characters long is always wholly inside one window).
-    Lines are batched into segments that are pre-checked with the detectors' raw
-    patterns; only segments with a hit are scanned line by line.
+    Lines are batched into segments pre-checked with the detectors' raw patterns; only
+    segments with a hit are scanned line by line.
 
 Positions
     Lines are separated by ``"\\n"`` only; a ``"\\r"`` before it belongs to the line but
     is never part of a secret, so CRLF drafts keep their line endings through
-    :func:`redact`.  Offsets are in characters (``str`` indices), not bytes.  When
-    detect-secrets reports a value on a line, every occurrence of that value on the line
+    :func:`redact`.  Offsets count characters (``str`` indices), not bytes.  When
+    detect-secrets reports a value on a line, every occurrence of the value on that line
     is redacted (for passwords: every occurrence not glued to other letters or digits).
+    A redaction marker counts as part of a token on both sides, so that redacting one
+    secret never makes a glued neighbour look like a new one.
 
 Private keys
-    A ``BEGIN ... PRIVATE KEY`` header that starts a block (nothing but key material after
-    it on its line) is redacted together with everything up to the matching ``END`` marker,
-    or to the end of the text if there is none.  A header mentioned in running prose
-    (``the parser accepts `-----BEGIN RSA PRIVATE KEY-----` headers``) is redacted on its
-    own, so a note about PEM parsing does not lose everything after that sentence.
+    A PEM header that starts a block (nothing but key material after it on its line) is
+    redacted together with everything up to the next ``END ... PRIVATE KEY`` marker, or to
+    the end of the text if there is none.  A header quoted inside a sentence is redacted on
+    its own, so a note about PEM parsing does not lose everything after that sentence.
+    PuTTY key files run from their first line to the ``Private-MAC`` line.
 """
 
 from __future__ import annotations
@@ -148,7 +153,7 @@ _OPENAI_PATTERNS: Final = [
     # Project, service-account and admin keys.
     re.compile(_unglued("sk-") + r"(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{20,250}"),
     # Legacy user keys: one unbroken run of letters and digits.
-    re.compile(_unglued("sk-") + r"[A-Za-z0-9]{32,250}(?![A-Za-z0-9_\-])"),
+    re.compile(_unglued("sk-") + r"[A-Za-z0-9]{32,250}(?![A-Za-z0-9_\-\[])"),
 ]
 _ANTHROPIC_PATTERNS: Final = [
     re.compile(_unglued("sk-ant-") + r"[A-Za-z0-9_\-]{20,300}"),
@@ -164,7 +169,7 @@ _AWS_SECRET_ASSIGNMENT_PATTERNS: Final = [
     # (detect-secrets only finds quoted values next to the word "aws").
     re.compile(
         r"(?i:secret[_\-]?access[_\-]?key|aws[_\-]?secret[_\-]?key)"
-        r"[\"']?[ \t]{0,8}[:=][ \t]{0,8}[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+        r"[\"']?[ \t]{0,8}[:=][ \t]{0,8}[\"']?([A-Za-z0-9/+]{40,128}={0,2})"
     ),
 ]
 _SLACK_EXTRA_PATTERNS: Final = [
@@ -173,7 +178,7 @@ _SLACK_EXTRA_PATTERNS: Final = [
 ]
 _PEM_HEADER_PATTERNS: Final = [
     re.compile(r"-{4,5} ?BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)? ?-{4,5}"),
-    re.compile(r"PuTTY-User-Key-File-3"),
+    re.compile(r"PuTTY-User-Key-File-[3]"),
 ]
 _URL_PASSWORD_PATTERNS: Final = [
     # user:password@ where the password may contain reserved characters, even "@": the

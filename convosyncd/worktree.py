@@ -40,7 +40,7 @@ def validate(path: Path, remote: str) -> Path:
     if not path.is_dir():
         raise UsageError(f"{path} is not a folder: give the folder of a git work tree")
     try:
-        repo = gitpython.Repo(path, search_parent_directories=False)
+        repo = gitpython.Repo(path, search_parent_directories=True)
     except (gitpython.InvalidGitRepositoryError, gitpython.NoSuchPathError):
         raise UsageError(
             f"{path} is not a git work tree: run `git init` or `git clone` there first, "

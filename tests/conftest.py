@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.support.dbus_fixtures"]
+
 REAL_HOME = Path(os.path.expanduser("~"))
 _GUARDED = (
     REAL_HOME / ".config" / "convosync",

@@ -178,11 +178,13 @@ def run(args: argparse.Namespace) -> int:
             f"{time.monotonic() - written:.2f} s after the write"
         )
         _wait_for(lambda: "notification" in _read(logs["laptop"]), 5)
-        match = re.search(r"notification (sent|failed|timed out|skipped)", _read(logs["laptop"]))
+        log_text = _read(logs["laptop"])
+        match = re.search(r"notification (sent|failed|timed out|skipped)", log_text)
         outcome = match.group(1) if match else "not reported"
+        reason = re.search(r"notification not sent \((.+?)\):", log_text)
         shown = {
             "sent": "handed to this desktop's notification server",
-            "failed": "not shown: no notification server answered",
+            "failed": f"not shown: {reason.group(1) if reason else 'no notification server answered'}",
             "timed out": "not shown: the notification server did not answer",
         }.get(outcome, outcome)
         print(f"  6. laptop: notification 'Handoff from desktop' / 'app: Implementing OAuth refresh tokens' ({shown})")

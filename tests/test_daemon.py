@@ -1,0 +1,232 @@
+"""``convosyncd run`` as a real subprocess: two devices, a bare remote, a private D-Bus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
+from tests.support.devices import (
+    Device,
+    git,
+    handoff_text,
+    make_device,
+    make_remote,
+    run_cli,
+    wait_until,
+)
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    return make_remote(tmp_path)
+
+
+def on_remote(remote: Path) -> list[str]:
+    output = git(remote, "ls-tree", "-r", "--name-only", "refs/heads/convosync", check=False)
+    return [line for line in output.splitlines() if line]
+
+
+def test_a_draft_on_one_device_becomes_a_notification_on_the_other(
+    tmp_path: Path, remote: Path, session_bus: str, notification_server: RecordingNotificationServer
+) -> None:
+    env = env_for_bus(session_bus)
+    desktop = make_device(tmp_path, remote, "desktop", notify=True, pull_interval=0.5)
+    laptop = make_device(tmp_path, remote, "laptop", notify=True, pull_interval=0.5)
+    desktop_daemon, laptop_daemon = desktop.start(env), laptop.start(env)
+    try:
+        desktop.write_draft(handoff_text("Implementing OAuth refresh tokens", fact="pizza: Margherita"))
+        wait_until(lambda: not desktop.draft.exists(), 10, "the draft to be published")
+        wait_until(lambda: bool(on_remote(remote)), 10, "the handoff on the remote")
+        wait_until(
+            lambda: laptop.materialized.exists()
+            and "Handoff from desktop" in laptop.materialized.read_text(encoding="utf-8"),
+            10,
+            "the handoff on the laptop",
+        )
+        assert "pizza: Margherita" in laptop.materialized.read_text(encoding="utf-8")
+        [note] = notification_server.wait_for(lambda notes: len(notes) >= 1, 10)
+        assert note["summary"] == "Handoff from desktop"
+        assert note["body"] == "app: Implementing OAuth refresh tokens"
+        laptop_daemon.wait_for_log(r"handoff from desktop arrived .*notification sent")
+    finally:
+        assert desktop_daemon.stop() == 0
+        assert laptop_daemon.stop() == 0
+    assert len(notification_server.notifications()) == 1, "never for the device's own handoff"
+
+    restarted = laptop.start(env)
+    try:
+        before = laptop.status()["repos"][0]["last_poll"]["time"]
+        wait_until(
+            lambda: laptop.status()["repos"][0]["last_poll"]["time"] != before,
+            10,
+            "a poll after the restart",
+        )
+        time.sleep(1.2)
+    finally:
+        assert restarted.stop() == 0
+    assert len(notification_server.notifications()) == 1, "never again after a restart"
+
+
+def test_sigterm_and_sigint_finish_and_exit_zero(tmp_path: Path, remote: Path) -> None:
+    desktop = make_device(tmp_path, remote, "desktop", settle=0.0)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        daemon = desktop.start()
+        desktop.write_draft(handoff_text(f"Stopped by {sig.name}"))
+        wait_until(lambda: not desktop.draft.exists(), 10, "the publish")
+        assert daemon.stop(sig) == 0
+        assert "stopped" in daemon.log()
+    assert len(on_remote(remote)) == 2
+
+
+def test_a_draft_written_while_the_daemon_was_down_is_published_at_start(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    desktop.write_draft(handoff_text("Written while down"))
+    os.utime(desktop.draft, (time.time() - 60, time.time() - 60))
+    daemon = desktop.start()
+    try:
+        wait_until(lambda: bool(on_remote(remote)), 10, "the startup scan to publish")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_second_daemon_on_the_same_config_is_refused(tmp_path: Path, remote: Path) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    daemon = desktop.start()
+    try:
+        second = desktop.cli("run", timeout=20)
+        assert second.returncode == 3
+        assert "another `convosyncd run` is already running" in second.stderr
+        assert desktop.status()["daemon_running"] is True
+    finally:
+        assert daemon.stop() == 0
+    assert desktop.status()["daemon_running"] is False
+
+
+def test_add_and_remove_take_effect_without_a_restart(tmp_path: Path, remote: Path) -> None:
+    desktop = make_device(tmp_path, remote, "desktop", register=False)
+    daemon = desktop.start()
+    try:
+        assert desktop.cli("add", str(desktop.repo)).returncode == 0
+        daemon.wait_for_log(rf"watching {desktop.repo} ")
+        desktop.write_draft(handoff_text("Added while running"))
+        wait_until(lambda: bool(on_remote(remote)), 10, "the new repo's draft on the remote")
+        assert desktop.cli("remove", str(desktop.repo)).returncode == 0
+        daemon.wait_for_log(rf"no longer watching {desktop.repo}")
+        desktop.write_draft(handoff_text("After removal"))
+        time.sleep(1.0)
+        assert desktop.draft.exists(), "a removed repo is not synced any more"
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_broken_config_keeps_the_last_good_one_until_fixed(tmp_path: Path, remote: Path) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    good = desktop.config.read_text(encoding="utf-8")
+    daemon = desktop.start()
+    try:
+        desktop.config.write_text(good.replace("settle = 0.2", "settle = 'soon'"), encoding="utf-8")
+        daemon.wait_for_log(r"config not reloaded, keeping the last good one: .*'settle' is 'soon'")
+        desktop.write_draft(handoff_text("Still syncing"))
+        wait_until(lambda: bool(on_remote(remote)), 10, "a publish under the last good config")
+        desktop.config.write_text(good.replace("pull_interval = 1.0", "pull_interval = 2.0"), encoding="utf-8")
+        daemon.wait_for_log(r"config changed")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_hung_notification_server_costs_a_bounded_wait(
+    tmp_path: Path, remote: Path, session_bus: str, hung_notification_server: RecordingNotificationServer
+) -> None:
+    env = env_for_bus(session_bus)
+    desktop = make_device(tmp_path, remote, "desktop")
+    laptop = make_device(tmp_path, remote, "laptop", notify=True, notify_timeout=1.0, pull_interval=0.5)
+    daemon = laptop.start(env)
+    try:
+        for number in (1, 2):
+            desktop.write_draft(handoff_text(f"Handoff {number}"))
+            assert desktop.cli("sync").returncode == 0
+            start = time.monotonic()
+            wait_until(
+                lambda n=number: f"Handoff {n}" in laptop.materialized.read_text(encoding="utf-8")
+                if laptop.materialized.exists()
+                else False,
+                15,
+                f"handoff {number} on the laptop",
+            )
+            assert time.monotonic() - start < 10
+        daemon.wait_for_log(r"notification timed out: the notification server did not answer within 1 s")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_no_notification_server_is_a_log_line(tmp_path: Path, remote: Path, session_bus: str) -> None:
+    env = env_for_bus(session_bus)
+    desktop = make_device(tmp_path, remote, "desktop")
+    laptop = make_device(tmp_path, remote, "laptop", notify=True, pull_interval=0.5)
+    daemon = laptop.start(env)
+    try:
+        desktop.write_draft(handoff_text("Nobody listening"))
+        assert desktop.cli("sync").returncode == 0
+        daemon.wait_for_log(r"notification not sent \(no notification server is running on the session bus\)")
+    finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["symlink", "binary"])
+def test_a_refused_draft_is_notified_once_and_left_in_place(
+    tmp_path: Path,
+    remote: Path,
+    session_bus: str,
+    notification_server: RecordingNotificationServer,
+    kind: str,
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop", notify=True, pull_interval=0.5)
+    desktop.draft.parent.mkdir(exist_ok=True)
+    if kind == "symlink":
+        desktop.draft.symlink_to("/etc/passwd")
+    else:
+        desktop.draft.write_bytes(b"\xff\xfe not text")
+    daemon = desktop.start(env_for_bus(session_bus))
+    try:
+        [note] = notification_server.wait_for(lambda notes: len(notes) >= 1, 10)
+        assert note["summary"] == "convosyncd could not publish in app"
+        wait_until(
+            lambda: desktop.status()["repos"][0]["draft_problem"] is not None, 10, "status to show it"
+        )
+        time.sleep(1.5)
+    finally:
+        assert daemon.stop() == 0
+    assert len(notification_server.notifications()) == 1
+    assert os.path.lexists(desktop.draft)
+    assert not on_remote(remote)
+    message = desktop.status()["repos"][0]["draft_problem"]["message"]
+    assert ("symbolic link" in message) if kind == "symlink" else ("not UTF-8" in message)
+
+
+def test_status_while_running_shows_pending_handoffs_when_the_remote_is_gone(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop", network_timeout=2.0)
+    remote.rename(tmp_path / "away.git")
+    daemon = desktop.start()
+    try:
+        desktop.write_draft(handoff_text("Queued"))
+        wait_until(lambda: not desktop.draft.exists(), 10, "the draft to be taken in")
+        wait_until(lambda: desktop.status()["repos"][0]["pending"] == 1, 10, "status to show 1 waiting")
+        (tmp_path / "away.git").rename(remote)
+        wait_until(lambda: bool(on_remote(remote)), 30, "the push after the remote came back")
+        wait_until(lambda: desktop.status()["repos"][0]["pending"] == 0, 10, "nothing waiting")
+    finally:
+        assert daemon.stop() == 0
+    report = json.loads(run_cli("--config", str(desktop.config), "status", "--json").stdout)
+    assert report["repos"][0]["last_push"] is not None
+
+

@@ -1,0 +1,690 @@
+"""Tests for convosyncd.secretscan: detection per kind, redaction, description, robustness.
+
+Every fake secret is assembled at runtime from pieces (prefix + deterministic random
+characters), so this file contains no literal token that a push-protection scanner could
+flag; test_source_files_contain_no_secrets checks that with the scanner itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convosyncd import secretscan
+from convosyncd.secretscan import Finding, describe, redact, scan
+
+_RNG = random.Random(20240611)
+_ALNUM = string.ascii_letters + string.digits
+
+
+def _rand(n: int, alphabet: str = _ALNUM) -> str:
+    return "".join(_RNG.choices(alphabet, k=n))
+
+
+def _b64url_json(obj: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def _jwt() -> str:
+    header = _b64url_json({"alg": "HS256", "typ": "JWT"})
+    payload = _b64url_json({"sub": "user-1234", "iat": 1718000000, "scope": "repo"})
+    return f"{header}.{payload}.{_rand(43, _ALNUM + '_-')}"
+
+
+def _pem(kind: str = "RSA", body_lines: int = 6) -> tuple[str, list[str]]:
+    """(label, lines) of a fake PEM private key block, BEGIN and END included."""
+    label = f"{kind} PRIVATE KEY" if kind else "PRIVATE KEY"
+    lines = ["-----" + "BEGIN " + label + "-----"]
+    lines += [_rand(64, _ALNUM + "+/") for _ in range(body_lines)]
+    lines.append(_rand(20, _ALNUM + "+/") + "==")
+    lines.append("-----" + "END " + label + "-----")
+    return label, lines
+
+
+# kind -> factories of realistic fake secrets of that kind (the exact text that must go).
+SAMPLES: dict[str, list[Callable[[], str]]] = {
+    "aws-access-key": [
+        lambda: "AK" + "IA" + _rand(16, string.ascii_uppercase + string.digits),
+        lambda: "AS" + "IA" + _rand(16, string.ascii_uppercase + string.digits),
+    ],
+    "github-token": [
+        lambda: "gh" + "p_" + _rand(36),
+        lambda: "gh" + "o_" + _rand(36),
+        lambda: "gh" + "u_" + _rand(36),
+        lambda: "gh" + "s_" + _rand(36),
+        lambda: "gh" + "r_" + _rand(36),
+        lambda: "github" + "_pat_" + _rand(22) + "_" + _rand(59),
+    ],
+    "gitlab-token": [lambda: "gl" + "pat-" + _rand(20, _ALNUM + "_-")],
+    "slack-token": [
+        lambda: "xo" + "xb-" + _rand(12, string.digits) + "-" + _rand(13, string.digits) + "-"
+        # the final part is alphanumeric in real tokens
+        + _rand(24),
+        lambda: "xo" + "xp-" + "-".join(_rand(12, string.digits) for _ in range(3)) + "-"
+        # user tokens end with 32 hex digits
+        + _rand(32, "0123456789abcdef"),
+        lambda: "https://hooks." + "slack.com/services/T" + _rand(8, string.ascii_uppercase)
+        # webhook: team, bot and secret parts
+        + "/B" + _rand(10, string.ascii_uppercase) + "/" + _rand(24),
+    ],
+    "openai-key": [
+        lambda: "sk-" + "proj-" + _rand(74, _ALNUM + "_-") + "T3Blbk" + "FJ" + _rand(74),
+        lambda: "sk-" + _rand(20) + "T3Blbk" + "FJ" + _rand(20),
+        lambda: "sk-" + _rand(48),
+    ],
+    "anthropic-key": [
+        lambda: "sk-" + "ant-api03-" + _rand(93, _ALNUM + "_-") + "AA",
+        lambda: "sk-" + "ant-admin01-" + _rand(80, _ALNUM + "_-"),
+    ],
+    "stripe-key": [
+        lambda: "sk" + "_live_" + _rand(24),
+        lambda: "rk" + "_live_" + _rand(24),
+        lambda: "sk" + "_test_" + _rand(99),
+    ],
+    "google-api-key": [lambda: "AI" + "za" + _rand(35, _ALNUM + "_-")],
+    "jwt": [_jwt],
+}
+
+
+def _handoff(secret_line: str) -> tuple[str, int]:
+    """A short handoff with `secret_line` as one of its bullets; returns (text, line no)."""
+    lines = [
+        "## Handoff: sync daemon",
+        "",
+        "### Current Task",
+        "Wire the secret scanner into the commit path.",
+        "",
+        "### Important Context",
+        secret_line,
+        "- Deployment config lives in `deploy/values.yaml`.",
+        "",
+        "### Next Steps",
+        "1. Rotate the credential above.",
+    ]
+    return "\n".join(lines) + "\n", 7
+
+
+def _cases() -> list[tuple[str, str]]:
+    return [(kind, make()) for kind, makers in SAMPLES.items() for make in makers]
+
+
+def _case_ids() -> list[str]:
+    # Ids name the kind only, so test reports never show a token-shaped string.
+    return [f"{kind}-{i}" for kind, makers in SAMPLES.items() for i in range(len(makers))]
+
+
+@pytest.mark.parametrize(("kind", "secret"), _cases(), ids=_case_ids())
+def test_each_kind_is_found_and_redacted(kind: str, secret: str) -> None:
+    text, line = _handoff(f"- The person pasted their key {secret} into .env by mistake.")
+    findings = scan(text)
+
+    assert [(f.kind, f.line, f.end_line) for f in findings] == [(kind, line, line)]
+    f = findings[0]
+    assert text.splitlines()[line - 1][f.start : f.end] == secret
+    redacted = redact(text, findings)
+    assert f"[REDACTED:{kind}]" in redacted
+    assert secret not in redacted
+    assert redacted == text.replace(secret, f"[REDACTED:{kind}]")
+    assert scan(redacted) == []
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        'export OPENAI_API_KEY="{s}"',
+        "Authorization: Bearer {s}",
+        "    token = '{s}'",
+        "`{s}`",
+        "see https://api.example.com/v1?key={s}&x=1",
+        "({s})",
+        "{s}",
+    ],
+)
+def test_tokens_are_found_in_common_surroundings(template: str) -> None:
+    for kind, make in [
+        ("github-token", SAMPLES["github-token"][0]),
+        ("jwt", _jwt),
+        ("google-api-key", SAMPLES["google-api-key"][0]),
+        ("anthropic-key", SAMPLES["anthropic-key"][0]),
+    ]:
+        secret = make()
+        text = template.format(s=secret)
+        assert [f.kind for f in scan(text)] == [kind], (kind, template)
+        assert redact(text, scan(text)) == text.replace(secret, f"[REDACTED:{kind}]")
+
+
+def test_aws_secret_key_quoted_and_unquoted() -> None:
+    key_id = "AK" + "IA" + _rand(16, string.ascii_uppercase + string.digits)
+    secret = _rand(40, _ALNUM + "/+")
+    other = _rand(40, _ALNUM + "/+")
+    text = (
+        "### Important Context\n"
+        "- They pasted ~/.aws/credentials:\n"
+        "    [default]\n"
+        f"    aws_access_key_id = {key_id}\n"
+        f"    aws_secret_access_key = {secret}\n"
+        f'- and later in the app config: AWS_SECRET_KEY: "{other}"\n'
+        "- rotate both.\n"
+    )
+    findings = scan(text)
+    assert [(f.kind, f.line) for f in findings] == [
+        ("aws-access-key", 4),
+        ("aws-secret-key", 5),
+        ("aws-secret-key", 6),
+    ]
+    redacted = redact(text, findings)
+    assert key_id not in redacted
+    assert secret not in redacted
+    assert other not in redacted
+    assert "    aws_secret_access_key = [REDACTED:aws-secret-key]\n" in redacted
+    assert "- rotate both.\n" in redacted
+
+
+def test_password_in_url_keeps_the_rest_of_the_url() -> None:
+    password = _rand(14)
+    url = f"postgres://app_user:{password}@db.internal.example.com:5432/handoffs?sslmode=require"
+    text, line = _handoff(f"- Connection string from the person: {url}")
+    findings = scan(text)
+    assert [(f.kind, f.line) for f in findings] == [("password-in-url", line)]
+    redacted = redact(text, findings)
+    assert password not in redacted
+    assert (
+        "postgres://app_user:[REDACTED:password-in-url]@db.internal.example.com:5432/handoffs"
+        in redacted
+    )
+
+
+def test_password_with_reserved_characters_is_fully_redacted() -> None:
+    password = "p@ss" + "!w0rd;" + _rand(6)
+    text = f"clone with https://alice:{password}@git.example.com/team/repo.git\n"
+    redacted = redact(text, scan(text))
+    assert redacted == (
+        "clone with https://alice:[REDACTED:password-in-url]@git.example.com/team/repo.git\n"
+    )
+
+
+def test_password_repeated_on_the_line_is_redacted_everywhere_but_not_inside_words() -> None:
+    password = "hunter" + "42pass"
+    text = (
+        f"- url https://bob:{password}@example.org/ and the person typed {password} again;"
+        " the password-reset page is unrelated\n"
+    )
+    findings = scan(text)
+    assert [f.kind for f in findings] == ["password-in-url", "password-in-url"]
+    redacted = redact(text, findings)
+    assert password not in redacted
+    assert redacted.count("[REDACTED:password-in-url]") == 2
+    assert "the password-reset page is unrelated" in redacted
+
+
+def test_short_password_is_not_redacted_inside_other_words() -> None:
+    text = "use https://svc:" + "pass" + "@proxy.example.com/ (password is in the vault)\n"
+    redacted = redact(text, scan(text))
+    assert redacted == (
+        "use https://svc:[REDACTED:password-in-url]@proxy.example.com/ (password is in the vault)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:" + "<password>" + "@db.example.com/",
+        "https://user:" + "${DB_PASSWORD}" + "@db.example.com/",
+        "https://user:" + "****" + "@db.example.com/",
+        "https://user:" + "$DB_PASSWORD" + "@db.example.com/",
+        "https://user:" + "[REDACTED:password-in-url]" + "@db.example.com/",
+        "https://github.com/acme/convosyncd/pull/42",
+        "http://localhost:8080/health",
+        "git@github.com:acme/convosyncd.git",
+        "ssh://git@github.com:22/acme/convosyncd.git",
+        "https://user@example.com/path",
+    ],
+)
+def test_urls_without_real_passwords_are_not_findings(url: str) -> None:
+    assert scan(f"- see {url} for details\n") == []
+
+
+def test_multiple_secrets_on_one_line() -> None:
+    gh = SAMPLES["github-token"][0]()
+    aws = SAMPLES["aws-access-key"][0]()
+    stripe = SAMPLES["stripe-key"][0]()
+    text = f"- leaked: {gh}, {aws} and {stripe} (all three rotated)\n"
+    findings = scan(text)
+    assert [(f.kind, f.line) for f in findings] == [
+        ("github-token", 1),
+        ("aws-access-key", 1),
+        ("stripe-key", 1),
+    ]
+    assert findings == sorted(findings, key=lambda f: (f.line, f.start))
+    assert redact(text, findings) == (
+        "- leaked: [REDACTED:github-token], [REDACTED:aws-access-key] and "
+        "[REDACTED:stripe-key] (all three rotated)\n"
+    )
+
+
+def test_same_token_twice_on_a_line_is_redacted_twice() -> None:
+    token = SAMPLES["github-token"][0]()
+    text = f"GH_TOKEN={token} gh auth login --with-token {token}\n"
+    findings = scan(text)
+    assert len(findings) == 2
+    assert redact(text, findings) == (
+        "GH_TOKEN=[REDACTED:github-token] gh auth login --with-token [REDACTED:github-token]\n"
+    )
+
+
+def test_overlapping_detections_are_merged() -> None:
+    token = SAMPLES["github-token"][3]()  # ghs_ tokens are used as URL passwords
+    text = f"git remote set-url origin https://x-access-token:{token}@github.com/acme/app.git\n"
+    findings = scan(text)
+    assert [f.kind for f in findings] == ["github-token"]
+    assert redact(text, findings) == (
+        "git remote set-url origin "
+        "https://x-access-token:[REDACTED:github-token]@github.com/acme/app.git\n"
+    )
+
+
+def test_crlf_line_endings_are_preserved() -> None:
+    token = SAMPLES["gitlab-token"][0]()
+    key = SAMPLES["aws-access-key"][0]()
+    text = f"### Important Context\r\n- token {token}\r\n- key {key}\r\n- end\r\n"
+    findings = scan(text)
+    assert [(f.kind, f.line) for f in findings] == [("gitlab-token", 2), ("aws-access-key", 3)]
+    assert all(f.end <= len(text.split("\n")[f.line - 1].rstrip("\r")) for f in findings)
+    assert redact(text, findings) == (
+        "### Important Context\r\n- token [REDACTED:gitlab-token]\r\n"
+        "- key [REDACTED:aws-access-key]\r\n- end\r\n"
+    )
+
+
+def test_private_key_block_in_the_middle_of_a_note() -> None:
+    _, block = _pem("RSA")
+    before = ["### Important Context", "- The person pasted their deploy key:", "```"]
+    after = ["```", "- It must be rotated.", "", "### Next Steps", "1. Rotate the key."]
+    text = "\n".join([*before, *block, *after]) + "\n"
+
+    findings = scan(text)
+    assert findings == [
+        Finding(
+            kind="private-key",
+            line=4,
+            start=0,
+            end=len(block[-1]),
+            end_line=3 + len(block),
+        )
+    ]
+    redacted = redact(text, findings)
+    assert redacted == "\n".join([*before, "[REDACTED:private-key]", *after]) + "\n"
+    for body_line in block[1:-1]:
+        assert body_line not in redacted
+    assert scan(redacted) == []
+
+
+@pytest.mark.parametrize("kind", ["RSA", "EC", "OPENSSH", "ENCRYPTED", "DSA", ""])
+def test_private_key_labels(kind: str) -> None:
+    _, block = _pem(kind)
+    text = "key:\n" + "\n".join(block) + "\nafter\n"
+    assert redact(text, scan(text)) == "key:\n[REDACTED:private-key]\nafter\n"
+
+
+def test_private_key_without_end_line_is_redacted_to_the_end() -> None:
+    _, block = _pem("OPENSSH")
+    truncated = block[:-1]
+    text = "### Important Context\n- pasted (truncated):\n" + "\n".join(truncated) + "\n"
+    findings = scan(text)
+    assert [(f.kind, f.line, f.end_line) for f in findings] == [
+        ("private-key", 3, 2 + len(truncated))
+    ]
+    assert redact(text, findings) == (
+        "### Important Context\n- pasted (truncated):\n[REDACTED:private-key]\n"
+    )
+
+
+def test_private_key_block_with_crlf() -> None:
+    _, block = _pem("EC")
+    text = "a\r\n" + "\r\n".join(block) + "\r\nb\r\n"
+    assert redact(text, scan(text)) == "a\r\n[REDACTED:private-key]\r\nb\r\n"
+
+
+def test_private_key_on_one_line_with_escaped_newlines() -> None:
+    _, block = _pem("")
+    escaped = "\\n".join(block) + "\\n"
+    text = f'{{"type": "service_account", "private_key": "{escaped}", "client_id": "42"}}\n'
+    assert redact(text, scan(text)) == (
+        '{"type": "service_account", "private_key": "[REDACTED:private-key]\\n", '
+        '"client_id": "42"}\n'
+    )
+
+
+def test_private_key_header_in_prose_only_redacts_the_header() -> None:
+    header = "-----" + "BEGIN RSA PRIVATE KEY" + "-----"
+    text = (
+        f"- The PEM parser now accepts `{header}` headers without a blank line.\n"
+        "- Next: support PKCS#8.\n"
+    )
+    findings = scan(text)
+    assert [(f.kind, f.line, f.end_line) for f in findings] == [("private-key", 1, 1)]
+    assert redact(text, findings) == (
+        "- The PEM parser now accepts `[REDACTED:private-key]` headers without a blank line.\n"
+        "- Next: support PKCS#8.\n"
+    )
+
+
+def test_two_private_keys() -> None:
+    _, first = _pem("RSA")
+    _, second = _pem("OPENSSH")
+    text = "one:\n" + "\n".join(first) + "\nmiddle\n" + "\n".join(second) + "\nend"
+    findings = scan(text)
+    assert [(f.line, f.end_line) for f in findings] == [
+        (2, 1 + len(first)),
+        (3 + len(first), 2 + len(first) + len(second)),
+    ]
+    assert redact(text, findings) == (
+        "one:\n[REDACTED:private-key]\nmiddle\n[REDACTED:private-key]\nend"
+    )
+
+
+NEGATIVE_HANDOFF = """\
+## Handoff — convosyncd, 2024-06-11
+
+### Current Task
+Make the sync daemon push handoff notes to `convosync/handoffs` without blocking the
+editor. The person wants the push to happen within 5 s of the note being written.
+
+### Progress So Far
+- ✅ Watcher debounces writes (commit 3f9c2a1b7d4e8f60a1b2c3d4e5f60718293a4b5c)
+- ✅ Lock file moved to `$XDG_RUNTIME_DIR/convosyncd.lock` (see 9b1e7c3d)
+- ✅ Config schema v2 with `sync_branch` and `remote = "origin"`
+- ⏳ Retry with backoff when `git push` fails (draft in `convosyncd/push.py`)
+- ⏳ Desktop notification through plyer; falls back to logging on headless hosts
+- ⏳ Secret scan before commit (this note is the test fixture for it)
+- ⏳ `convosyncd status --json` output (schema in `docs/status.schema.json`)
+
+Timings measured on the person's laptop: debounce 250 ms, commit 40 ms, push 1.2 s.
+
+### Key Decisions Made
+- Use GitPython rather than shelling out; `Repo.git.push("origin", "HEAD:refs/heads/x")`.
+- Keep one worker per repository; the job id is `repo-7c9e6679-7425-40de-944b-e07fc1f90ae7`.
+- Task-runner stays APScheduler 3.x; the disk-usage check runs every 10 min.
+- We don't use scikit-learn (sk-learn) or any ML; the "risk-based" ordering is a sort.
+- Scanner must not flag hashes like e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.
+
+### Important Context
+- Upstream: https://github.com/acme/convosyncd (PR https://github.com/acme/convosyncd/pull/42)
+- Staging API: http://localhost:8080/api/v1/health and https://staging.example.com:8443/status
+- Remote URL is `git@github.com:acme/convosyncd.git`; CI uses ssh://git@github.com:22/acme/x.git
+- Database URL comes from the environment: postgres://app@db.internal:5432/handoffs
+- Tokens are passed as `Authorization: Bearer <token>`; never commit them.
+- GitHub tokens start with "ghp_" and AWS key ids with "AKIA"; the scanner knows both.
+- The test vector for base64 is `SGVsbG8sIHdvcmxkIQ==` and
+  `data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhf`.
+- A JWT header alone (`eyJhbGciOiJIUzI1NiJ9`) is not a token.
+- The person's machine: Fedora 40, Python 3.12.3, 192.168.1.23, user@example.com.
+- Run id 01HZX8K2M3N4P5Q6R7S8T9V0WX; build 2024.06.11-rc1+g3f9c2a1.
+- Password policy text mentions "password", "passwd" and "secret" as plain words.
+- Env vars read: `CONVOSYNCD_CONFIG`, `GIT_SSH_COMMAND`, `XDG_STATE_HOME` (no secrets).
+- Pinned wheel: detect_secrets-1.5.0-py3-none-any.whl sha256:2f3b9c1e0d7a6b5c4e3f2a1b0c9d8e7f
+
+### Next Steps
+1. Finish retry/backoff in `convosyncd/push.py` and cover it in `tests/test_push.py`.
+2. Hook `secretscan.scan()` into `convosyncd/commit.py` before `index.add()`.
+3. Ask the person whether the sync branch may be force-pushed.
+4. Update `systemd/convosyncd.service` with `Restart=on-failure`.
+
+### Files Modified
+- `convosyncd/watcher.py` — debounce (250 ms)
+- `convosyncd/config.py` — schema v2, migration from v1
+- `convosyncd/commands/status.py` — prints `sync_branch` and last push sha
+- `tests/test_watcher.py`, `tests/test_config.py`
+- `systemd/convosyncd.service`
+- `/home/dev/.config/convosyncd/config.toml` (local only, not committed)
+
+### Open Questions
+- Should a failed scan block the push or only notify? (leaning: block)
+- Is `sk-` followed by a short word ever a key? e.g. sk-dev or sk-test-suite: no.
+- Do we keep a copy of redacted drafts in `~/.local/state/convosyncd/`?
+- What about notes bigger than 1 MiB?
+- Who reviews the redaction markers before the person resumes on the other machine?
+"""
+
+
+def test_realistic_handoff_without_secrets_has_no_findings() -> None:
+    assert len(NEGATIVE_HANDOFF.splitlines()) >= 60
+    assert scan(NEGATIVE_HANDOFF) == []
+    assert redact(NEGATIVE_HANDOFF, []) == NEGATIVE_HANDOFF
+    assert describe([]) == "no secrets found"
+
+
+def test_secret_added_to_the_realistic_handoff_is_the_only_change() -> None:
+    token = SAMPLES["anthropic-key"][0]()
+    text = NEGATIVE_HANDOFF.replace(
+        "- Tokens are passed as", f"- The person pasted ANTHROPIC_API_KEY={token}\n- Tokens are"
+    )
+    findings = scan(text)
+    assert [f.kind for f in findings] == ["anthropic-key"]
+    redacted = redact(text, findings)
+    assert redacted == text.replace(token, "[REDACTED:anthropic-key]")
+
+
+def test_describe_names_kinds_and_lines_never_secrets() -> None:
+    key = SAMPLES["aws-access-key"][0]()
+    token1 = SAMPLES["github-token"][0]()
+    token2 = SAMPLES["github-token"][1]()
+    _, block = _pem("RSA", body_lines=3)
+    lines = ["a", "b", f"id {key}", "c", "d", "e", f"t {token1}", "f", f"u {token2}", *block]
+    text = "\n".join(lines) + "\n"
+    findings = scan(text)
+    message = describe(findings)
+    assert message == (
+        "aws-access-key on line 3, github-token on lines 7 and 9, private-key on lines 10-15"
+    )
+    for secret in (key, token1, token2, *block[1:-1]):
+        assert secret not in message
+
+
+def test_describe_many_lines_is_capped() -> None:
+    findings = [Finding("jwt", n, 0, 5, n) for n in range(1, 30)]
+    assert describe(findings) == "jwt on lines 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 19 more"
+
+
+def test_describe_never_repeats_a_bogus_kind() -> None:
+    token = SAMPLES["github-token"][0]()
+    assert token not in describe([Finding(token, 1, 0, 3, 1)])
+
+
+def test_redact_rejects_findings_from_another_text() -> None:
+    with pytest.raises(ValueError, match="beyond"):
+        redact("short\n", [Finding("jwt", 1, 0, 50, 1)])
+    with pytest.raises(ValueError, match="beyond"):
+        redact("short\n", [Finding("jwt", 5, 0, 1, 5)])
+
+
+def test_finding_validates_its_position() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        Finding("jwt", 1, 4, 4, 1)
+    with pytest.raises(ValueError, match="invalid"):
+        Finding("jwt", 0, 0, 1, 0)
+    with pytest.raises(ValueError, match="invalid"):
+        Finding("jwt", 3, 0, 1, 2)
+
+
+def test_redact_merges_overlapping_findings_it_is_given() -> None:
+    text = "abcdefghij"
+    findings = [Finding("jwt", 1, 2, 6, 1), Finding("private-key", 1, 4, 8, 1)]
+    assert redact(text, findings) == "ab[REDACTED:private-key]ij"
+
+
+def test_secret_inside_a_huge_single_line() -> None:
+    token = SAMPLES["github-token"][0]()
+    jwt = _jwt()
+    filler = ("lorem ipsum dolor sit amet " * 40_000)[: 1 << 20]
+    # One secret in the middle, one straddling the first window boundary.
+    boundary = secretscan._WINDOW - 20
+    text = filler[:boundary] + " " + jwt + " " + filler[boundary:600_000] + f" {token} " + filler
+    findings = scan(text)
+    assert [(f.kind, f.line) for f in findings] == [("jwt", 1), ("github-token", 1)]
+    redacted = redact(text, findings)
+    assert jwt not in redacted
+    assert token not in redacted
+    assert len(redacted) == len(text) - len(jwt) - len(token) + len(
+        "[REDACTED:jwt][REDACTED:github-token]"
+    )
+
+
+_PATHOLOGICAL: dict[str, Callable[[], str]] = {
+    "eyJ": lambda: "eyJ" * 100_000,
+    "AKIA": lambda: "AK" + "IA" * 150_000,
+    "BEGIN": lambda: "-----BEGIN" * 30_000,
+    "url": lambda: "https://a:" * 30_000,
+    "url-at": lambda: "https://a:b@" * 25_000,
+    "sk-": lambda: "sk-" * 100_000,
+    "base64ish": lambda: "".join(random.Random(1).choices(_ALNUM + "+/_-", k=300_000)),
+    "headers": lambda: ("-----" + "BEGIN RSA PRIVATE KEY----- x ") * 10_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PATHOLOGICAL))
+def test_pathological_input_is_fast(name: str) -> None:
+    text = _PATHOLOGICAL[name]()
+    started = time.perf_counter()
+    findings = scan(text)
+    elapsed = time.perf_counter() - started
+    # ~300 KB each, well under 0.3 s here (1 MiB inputs are measured separately, all
+    # under 1 s); the limit leaves room for a loaded CI machine.
+    assert elapsed < 2.0
+    assert scan(redact(text, findings)) == []
+
+
+# --------------------------------------------------------------------------- properties
+
+_FRAGMENTS = [
+    make() for makers in SAMPLES.values() for make in makers
+] + [
+    "https://user:" + _rand(8) + "@host.example/",
+    "://:" + _rand(6) + "@h",
+    "aws_secret_access_key=" + _rand(40, _ALNUM + "/+"),
+    "\n".join(_pem("RSA", body_lines=2)[1]),
+    "-----" + "BEGIN EC PRIVATE KEY-----",
+    "-----" + "END EC PRIVATE KEY-----",
+    "PuTTY-User-Key-File-" + "2: ssh-rsa\nEncryption: none\n",
+    "Private-MAC: " + _rand(40, "0123456789abcdef"),
+    "eyJ",
+    "AKIA",
+    "sk-",
+    "ghp_",
+    "[REDACTED:jwt]",
+    "\r\n",
+    "\n",
+    " ",
+    "@",
+    ":",
+    "/",
+    "-",
+    "_",
+    "]",
+]
+
+
+@st.composite
+def _texts(draw: st.DrawFn) -> str:
+    parts = draw(
+        st.lists(
+            st.one_of(st.text(max_size=30), st.sampled_from(_FRAGMENTS)),
+            max_size=12,
+        )
+    )
+    return "".join(parts)
+
+
+def _check_findings_shape(text: str, findings: list[Finding]) -> None:
+    lines = text.split("\n")
+    previous: tuple[int, int] = (0, -1)
+    for f in findings:
+        assert f.end_line <= len(lines)
+        assert f.end <= len(lines[f.end_line - 1])
+        assert (f.line, f.start) >= previous, "sorted and non-overlapping"
+        previous = (f.end_line, f.end)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_texts())
+def test_redaction_removes_everything_scan_finds(text: str) -> None:
+    findings = scan(text)
+    _check_findings_shape(text, findings)
+    redacted = redact(text, findings)
+    assert scan(redacted) == []
+    if not findings:
+        assert redacted == text
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text())
+def test_arbitrary_text_round_trips(text: str) -> None:
+    findings = scan(text)
+    redacted = redact(text, findings)
+    assert scan(redacted) == []
+    if not findings:
+        assert redacted == text
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_concurrent_scans_match_sequential_results() -> None:
+    texts = []
+    for i, (kind, secret) in enumerate(_cases()[:8]):
+        extra = SAMPLES["jwt"][0]() if i % 2 else SAMPLES["stripe-key"][i % 3]()
+        texts.append(
+            NEGATIVE_HANDOFF.replace("### Next Steps", f"- pasted {secret} ({kind})\n### Next Steps")
+            + f"\n- also {extra}\n" * (i + 1)
+        )
+    expected = [scan(t) for t in texts]
+    assert all(expected)
+
+    results: list[list[list[Finding]]] = [[] for _ in texts]
+    barrier = threading.Barrier(len(texts))
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(15):
+                results[index].append(scan(texts[index]))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    for index, runs in enumerate(results):
+        assert runs == [expected[index]] * 15
+
+
+# --------------------------------------------------------------------------- hygiene
+
+
+def test_import_does_not_load_detect_secrets() -> None:
+    code = "import sys, convosyncd.secretscan; print('detect_secrets' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_source_files_contain_no_secrets() -> None:
+    for path in (Path(secretscan.__file__), Path(__file__)):
+        assert scan(path.read_text(encoding="utf-8")) == [], path
