@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -21,15 +22,11 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, durable: boo
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
-        try:
+        with contextlib.suppress(FileNotFoundError):
             mode = path.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            pass
         os.chmod(temp, mode)
         os.replace(temp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-        except FileNotFoundError:
-            pass
         raise

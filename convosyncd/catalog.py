@@ -86,7 +86,11 @@ class Catalog:
         size = self.branch.blob_size(entry.oid)
         if size > limit:
             log.warning(
-                "skipping handoff %s/%s: %d bytes, over the %d-byte limit", device, name, size, limit
+                "skipping handoff %s/%s: %d bytes, over the %d-byte limit",
+                device,
+                name,
+                size,
+                limit,
             )
         else:
             try:

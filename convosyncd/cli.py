@@ -42,8 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="config file (default: $CONVOSYNC_CONFIG, else %(default_path)s)"
-        % {"default_path": default_config_path()},
+        help=f"config file (default: $CONVOSYNC_CONFIG, else {default_config_path()})",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     parser.add_argument("--version", action="version", version=f"convosyncd {__version__}")
@@ -68,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("convosyncd: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - the last line of defence
+    except Exception as error:
         report = _write_crash_report(argv)
         print(
             f"convosyncd: unexpected {type(error).__name__}: {error} "

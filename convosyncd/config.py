@@ -203,7 +203,7 @@ def parse(data: Mapping[str, Any], config_path: Path) -> Config:
         if data["secrets"] in ("redact", "block"):
             values["secrets"] = data["secrets"]
         else:
-            problems.append(f"'secrets' is {data['secrets']!r}; expected \"redact\" or \"block\"")
+            problems.append(f'\'secrets\' is {data["secrets"]!r}; expected "redact" or "block"')
     if "state_dir" in data:
         if isinstance(data["state_dir"], str) and data["state_dir"].strip():
             values["state_dir"] = _resolve(Path(data["state_dir"]))

@@ -47,16 +47,19 @@ def guarded(job: Callable[[Daemon, str], None]) -> Callable[[Daemon, str], None]
     def run(self: Daemon, key: str) -> None:
         try:
             job(self, key)
-        except Exception:  # noqa: BLE001 - the loop must go on for every other repo
+        except Exception:
             log.exception("%s: unexpected error in %s", key, job.__name__)
 
     return run
 
 
-def backoff_delay(failures: int, *, start: float = BACKOFF_START, cap: float = BACKOFF_CAP) -> float:
+def backoff_delay(
+    failures: int, *, start: float = BACKOFF_START, cap: float = BACKOFF_CAP
+) -> float:
     """Seconds before retry number ``failures`` (1, 2, ...): doubling, capped, jittered."""
-    base = min(cap, start * 2 ** max(0, failures - 1))
-    return base * random.uniform(0.8, 1.0)  # noqa: S311 - jitter, not security
+    base = min(cap, start * 2.0 ** max(0, failures - 1))
+    jitter: float = random.uniform(0.8, 1.0)  # noqa: S311 - jitter, not security
+    return base * jitter
 
 
 @dataclass
@@ -70,7 +73,9 @@ class _Repo:
 class Daemon:
     """The long-running process that keeps every registered repo in sync."""
 
-    def __init__(self, config_path: Path, *, on_ready: Callable[[Daemon], None] | None = None) -> None:
+    def __init__(
+        self, config_path: Path, *, on_ready: Callable[[Daemon], None] | None = None
+    ) -> None:
         self.config_path = config_path
         self.config = configs.load(config_path)
         self.notifier = Notifier(enabled=self.config.notify, timeout=self.config.notify_timeout)
@@ -115,7 +120,8 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         previous = {
-            signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
         }
         try:
             self._watcher.start()
@@ -184,10 +190,9 @@ class Daemon:
         entry = self.repos.pop(path)
         self._watcher.forget(path)
         for prefix in ("poll", "draft", "push"):
-            try:
-                self._scheduler.remove_job(f"{prefix}:{entry.key}")
-            except Exception:  # noqa: BLE001,S110 - a job that already ran is fine
-                pass
+            job = self._scheduler.get_job(f"{prefix}:{entry.key}")
+            if job is not None:
+                job.remove()
         log.info("no longer watching %s", path)
 
     def _poll_interval(self, entry: _Repo) -> float:
@@ -259,7 +264,7 @@ class Daemon:
                 id=f"draft:{entry.key}",
                 replace_existing=True,
             )
-        except Exception as error:  # noqa: BLE001 - the scheduler is shutting down
+        except Exception as error:
             log.debug("could not schedule a publish: %s", error)
 
     @guarded
@@ -295,7 +300,7 @@ class Daemon:
                 id=f"push:{entry.key}",
                 replace_existing=True,
             )
-        except Exception as error:  # noqa: BLE001 - the scheduler is shutting down
+        except Exception as error:
             log.debug("could not schedule a push: %s", error)
 
     @guarded
@@ -336,7 +341,7 @@ class Daemon:
                     id="config-event",
                     replace_existing=True,
                 )
-            except Exception as error:  # noqa: BLE001 - the scheduler is shutting down
+            except Exception as error:
                 log.debug("could not schedule a config check: %s", error)
 
     def _check_config(self) -> None:

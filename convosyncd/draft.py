@@ -8,6 +8,7 @@ when it is still the very file that was published.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -92,7 +93,9 @@ def read(path: Path, max_bytes: int) -> Draft | None:
         return None
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise DraftRefused(f"{path} became a symbolic link while being read; left alone") from None
+            raise DraftRefused(
+                f"{path} became a symbolic link while being read; left alone"
+            ) from None
         raise DraftRefused(f"cannot read {path}: {error.strerror}; check its permissions") from None
     try:
         opened = os.fstat(fd)
@@ -147,8 +150,6 @@ def remove_if_unchanged(draft: Draft) -> bool:
         return True
     if Signature.of(status) != draft.signature:
         return False
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(draft.path)
-    except FileNotFoundError:
-        pass
     return True

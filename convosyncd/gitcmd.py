@@ -9,6 +9,7 @@ Credentials in remote URLs are masked in every message this module produces.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -187,10 +188,8 @@ def run_git(
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     try:
         process.communicate(timeout=5)
     except subprocess.TimeoutExpired:

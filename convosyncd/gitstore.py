@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from convosyncd import merge
 from convosyncd.errors import GitError
@@ -26,9 +27,13 @@ from convosyncd.merge import TREE_MODE, Entry
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 BLOB_MODE = "100644"
 _CACHE_SIZE = 64
-_LS_TREE_RE = re.compile(r"^(?P<mode>\d{6}) (?P<kind>\w+) (?P<oid>[0-9a-f]{40,64})\t(?P<name>.+)$", re.S)
+_LS_TREE_RE = re.compile(
+    r"^(?P<mode>\d{6}) (?P<kind>\w+) (?P<oid>[0-9a-f]{40,64})\t(?P<name>.+)$", re.S
+)
 
 
 @dataclass(frozen=True)
@@ -253,7 +258,9 @@ class SyncBranch:
         merged: list[Entry] = []
         for step in merge.union(self.entries(ours), self.entries(theirs)):
             if isinstance(step, merge.Recurse):
-                merged.append(Entry(TREE_MODE, "tree", self.union_tree(step.ours, step.theirs), step.name))
+                merged.append(
+                    Entry(TREE_MODE, "tree", self.union_tree(step.ours, step.theirs), step.name)
+                )
             else:
                 merged.append(step)
         return self.write_tree(merged)
@@ -300,7 +307,9 @@ class SyncBranch:
         if status == "rejected":
             return PushOutcome(accepted=False, rejected=True, message="the remote has moved on")
         detail = " / ".join(
-            line.strip() for line in (result.stderr + "\n" + result.text).splitlines() if line.strip()
+            line.strip()
+            for line in (result.stderr + "\n" + result.text).splitlines()
+            if line.strip()
         )
         return PushOutcome(accepted=False, message=detail[-600:] or f"exit {result.returncode}")
 
@@ -336,7 +345,7 @@ def _encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def _remember(cache: OrderedDict[str, object], key: str, value: object) -> None:  # type: ignore[type-arg]
+def _remember(cache: OrderedDict[str, T], key: str, value: T) -> None:
     cache[key] = value
     cache.move_to_end(key)
     while len(cache) > _CACHE_SIZE:

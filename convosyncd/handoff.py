@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -275,14 +275,14 @@ class Notification:
 
 
 def notification_for(handoff: Handoff, repo_name: str) -> Notification:
-    """"Handoff from desktop" / "app: Implementing OAuth refresh tokens"."""
+    """ "Handoff from desktop" / "app: Implementing OAuth refresh tokens"."""
     title = plain_text(f"Handoff from {handoff.device}", 80)
     message = plain_text(f"{plain_text(repo_name, 60)}: {handoff.task}", 200)
     return Notification(title=title, message=message)
 
 
 def newest_per_device(
-    names_by_device: dict[str, Sequence[str]], own_device: str
+    names_by_device: Mapping[str, Sequence[str]], own_device: str
 ) -> dict[str, str]:
     """Of the newly arrived handoff files, the newest of each *other* device."""
     chosen: dict[str, str] = {}

@@ -48,7 +48,7 @@ def session_bus_available() -> bool:
     if os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
         return True
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return bool(runtime) and os.path.exists(os.path.join(runtime, "bus"))
+    return runtime is not None and os.path.exists(os.path.join(runtime, "bus"))
 
 
 def server_problem(timeout: float) -> str | None:
@@ -65,18 +65,20 @@ def server_problem(timeout: float) -> str | None:
 
     try:
         connection = open_dbus_connection(bus="SESSION", auth_timeout=timeout)
-    except Exception as error:  # noqa: BLE001 - any failure to connect means "no bus"
+    except Exception as error:
         return f"cannot connect to the session bus: {error}"
     try:
         bus = DBusAddress(
-            "/org/freedesktop/DBus", bus_name="org.freedesktop.DBus", interface="org.freedesktop.DBus"
+            "/org/freedesktop/DBus",
+            bus_name="org.freedesktop.DBus",
+            interface="org.freedesktop.DBus",
         )
         reply = connection.send_and_get_reply(
             new_method_call(bus, "NameHasOwner", "s", (SERVER_NAME,)), timeout=timeout
         )
         if not reply.body or not reply.body[0]:
             return "no notification server is running on the session bus"
-    except Exception as error:  # noqa: BLE001 - a bus that misbehaves is a problem, not a crash
+    except Exception as error:
         return f"the session bus did not answer: {error}"
     finally:
         connection.close()
@@ -156,7 +158,7 @@ class Notifier:
         except NotImplementedError:
             result.append(Delivery("failed", f"no notification route: {route()}"))
             log.warning("notification not sent: no route (%s)", route())
-        except Exception as error:  # noqa: BLE001 - any plyer backend error is just a warning
+        except Exception as error:
             result.append(Delivery("failed", f"{type(error).__name__}: {error}"))
             log.warning("notification failed: %s: %s", type(error).__name__, error)
         else:

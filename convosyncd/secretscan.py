@@ -481,11 +481,13 @@ def _private_key_spans(text: str, starts: Sequence[int], markers: Iterable[_Span
     headers: set[tuple[int, int, bool]] = set()
     for marker in markers:
         start, end = marker.start, marker.end
-        start = _dashes_before(text, start)
-        tail = _MARKER_TAIL.match(text, end)
-        if tail is not None:
-            end = tail.end()
-        headers.add((start, end, text.startswith("PuTTY", marker.start)))
+        putty = text.startswith("PuTTY", start)
+        if not putty:
+            start = _dashes_before(text, start)
+            tail = _MARKER_TAIL.match(text, end)
+            if tail is not None:
+                end = tail.end()
+        headers.add((start, end, putty))
     if not headers:
         return []
 
@@ -499,7 +501,7 @@ def _private_key_spans(text: str, starts: Sequence[int], markers: Iterable[_Span
     spans: list[_Span] = []
     covered = -1
     for start, end, putty in sorted(headers):
-        if start < covered:
+        if end <= covered:
             continue  # inside the previous block
         line_index = bisect.bisect_right(starts, start) - 1
         line_end = starts[line_index + 1] - 1 if line_index + 1 < len(starts) else len(text)
@@ -513,7 +515,7 @@ def _private_key_spans(text: str, starts: Sequence[int], markers: Iterable[_Span
             k = bisect.bisect_left(ends, (end, -1))
             end = ends[k][1] if k < len(ends) else max(end, text_end)
         spans.append(_Span(start, end, "private-key"))
-        covered = end
+        covered = max(covered, end)
     return spans
 
 

@@ -79,7 +79,14 @@ class RepoState:
         return state
 
 
-_EVENT_FIELDS = {"last_publish", "last_push", "last_poll", "last_pull", "last_error", "draft_problem"}
+_EVENT_FIELDS = {
+    "last_publish",
+    "last_push",
+    "last_poll",
+    "last_pull",
+    "last_error",
+    "draft_problem",
+}
 
 
 def state_file(state_dir: Path, repo_path: Path) -> Path:
@@ -113,7 +120,9 @@ def load(path: Path, *, repair: bool = True) -> tuple[RepoState, bool]:
         return RepoState.from_json(json.loads(raw.decode("utf-8"))), False
     except (ValueError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as error:
         if not repair:
-            return RepoState(last_error=Event("", f"state file {path} is unreadable: {error}")), False
+            return RepoState(
+                last_error=Event("", f"state file {path} is unreadable: {error}")
+            ), False
         aside = path.with_name(path.name + ".corrupt")
         try:
             os.replace(path, aside)

@@ -122,7 +122,7 @@ class RepoSync:
         self.tree = WorkTree(repo.path, self.git)
         self.branch = SyncBranch(self.git, remote=repo.remote, branch=repo.branch)
         self.state_path = states.state_file(config.state_dir, repo.path)
-        self.state, fresh = states.load(self.state_path)
+        self.state, _fresh = states.load(self.state_path)
         self.state.path = str(repo.path)
         self.state.remote = repo.remote
         self.state.branch = repo.branch
@@ -185,11 +185,11 @@ class RepoSync:
             publish_at = outcome.retry_at
             self.pull()
             pushed = self.push()
-        except Exception as problem:  # noqa: BLE001 - a repo's trouble stays the repo's
+        except Exception as problem:
             error = self._as_error(problem)
         try:
             arrived, notified = self.refresh()
-        except Exception as problem:  # noqa: BLE001 - a repo's trouble stays the repo's
+        except Exception as problem:
             error = error or self._as_error(problem)
         return self._conclude(error, published, pushed, arrived, notified, publish_at)
 
@@ -384,7 +384,9 @@ class RepoSync:
             )
             return
         if not drafts.remove_if_unchanged(draft):
-            log.info("%s: the draft changed while publishing; the new version is next", self.repo.path)
+            log.info(
+                "%s: the draft changed while publishing; the new version is next", self.repo.path
+            )
         self._first_seen = None
 
     def _screen_secrets(self, draft: drafts.Draft) -> str:

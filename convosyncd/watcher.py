@@ -8,6 +8,7 @@ and polls them anyway, because a watcher can miss events.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -104,7 +105,9 @@ class DraftWatcher:
                 _ConfigHandler(self, config_path), str(folder), recursive=False
             )
         except OSError as error:
-            log.warning("cannot watch %s for config changes (%s); polling it instead", folder, error)
+            log.warning(
+                "cannot watch %s for config changes (%s); polling it instead", folder, error
+            )
 
     def ensure(self, repo: Path) -> bool:
         """Watch ``repo``'s ``.convosync/`` (or its top folder until that exists).
@@ -139,10 +142,8 @@ class DraftWatcher:
         with self._lock:
             current = self._watched.pop(repo, None)
         if current is not None:
-            try:
+            with contextlib.suppress(KeyError, OSError):
                 self._observer.unschedule(current.watch)
-            except (KeyError, OSError):
-                pass
 
     def watched(self) -> dict[Path, Path]:
         """``{repo: folder watched}``."""

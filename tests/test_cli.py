@@ -37,7 +37,9 @@ def test_add_registers_prepares_and_keeps_comments(desktop: Device) -> None:
     assert "# mine" in text and "# this box" in text
     assert f'path = "{desktop.repo}"' in text
     assert (desktop.repo / ".convosync" / "device-id").read_text(encoding="utf-8") == "desktop\n"
-    assert "/.convosync/" in (desktop.repo / ".git" / "info" / "exclude").read_text(encoding="utf-8")
+    assert "/.convosync/" in (desktop.repo / ".git" / "info" / "exclude").read_text(
+        encoding="utf-8"
+    )
     again = desktop.cli("add", str(desktop.repo))
     assert again.returncode == 0 and "Already registered" in again.stdout
     assert desktop.config.read_text(encoding="utf-8").count("[[repos]]") == 1
@@ -58,7 +60,10 @@ def test_add_refuses_what_it_cannot_sync_with_exit_2(desktop: Device, tmp_path: 
 
     (desktop.repo / "src").mkdir()
     result = desktop.cli("add", str(desktop.repo / "src"))
-    assert result.returncode == 2 and f"register the top folder, `convosyncd add {desktop.repo}`" in result.stderr
+    assert (
+        result.returncode == 2
+        and f"register the top folder, `convosyncd add {desktop.repo}`" in result.stderr
+    )
 
     result = desktop.cli("add", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "does not exist" in result.stderr
@@ -104,7 +109,9 @@ def test_sync_status_and_resume_between_two_devices(tmp_path: Path, remote: Path
     assert resumed.returncode == 0, resumed.stderr
     head = git(desktop.repo, "rev-parse", "HEAD")
     assert resumed.stdout.startswith("## Handoff from desktop (just now, ")
-    assert f"Branch: main · Commit: {head}\n\n### Current Task\nImplementing OAuth" in resumed.stdout
+    assert (
+        f"Branch: main · Commit: {head}\n\n### Current Task\nImplementing OAuth" in resumed.stdout
+    )
     assert "pizza: Margherita" in resumed.stdout
     from_inside = laptop.cli("resume", cwd=laptop.repo / ".convosync")
     assert from_inside.stdout == resumed.stdout
@@ -126,7 +133,9 @@ def test_resume_lists_devices_newest_first(tmp_path: Path, remote: Path) -> None
     assert output.index("Handoff from phone") < output.index("Handoff from desktop")
 
 
-def test_sync_fails_for_a_broken_repo_and_still_syncs_the_others(tmp_path: Path, remote: Path) -> None:
+def test_sync_fails_for_a_broken_repo_and_still_syncs_the_others(
+    tmp_path: Path, remote: Path
+) -> None:
     desktop = make_device(tmp_path, remote, "desktop")
     other = make_device(tmp_path, remote, "other", register=False)
     desktop.write_config(repos=[other.repo, desktop.repo])

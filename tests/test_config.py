@@ -1,4 +1,4 @@
-"""The config file: validation that names file, key, value and expectation; edits that keep comments."""
+"""The config file: errors that name file, key, value and expectation; edits keep comments."""
 
 from __future__ import annotations
 

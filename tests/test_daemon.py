@@ -12,7 +12,6 @@ import pytest
 
 from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
 from tests.support.devices import (
-    Device,
     git,
     handoff_text,
     make_device,
@@ -40,12 +39,16 @@ def test_a_draft_on_one_device_becomes_a_notification_on_the_other(
     laptop = make_device(tmp_path, remote, "laptop", notify=True, pull_interval=0.5)
     desktop_daemon, laptop_daemon = desktop.start(env), laptop.start(env)
     try:
-        desktop.write_draft(handoff_text("Implementing OAuth refresh tokens", fact="pizza: Margherita"))
+        desktop.write_draft(
+            handoff_text("Implementing OAuth refresh tokens", fact="pizza: Margherita")
+        )
         wait_until(lambda: not desktop.draft.exists(), 10, "the draft to be published")
         wait_until(lambda: bool(on_remote(remote)), 10, "the handoff on the remote")
         wait_until(
-            lambda: laptop.materialized.exists()
-            and "Handoff from desktop" in laptop.materialized.read_text(encoding="utf-8"),
+            lambda: (
+                laptop.materialized.exists()
+                and "Handoff from desktop" in laptop.materialized.read_text(encoding="utf-8")
+            ),
             10,
             "the handoff on the laptop",
         )
@@ -136,38 +139,48 @@ def test_a_broken_config_keeps_the_last_good_one_until_fixed(tmp_path: Path, rem
         daemon.wait_for_log(r"config not reloaded, keeping the last good one: .*'settle' is 'soon'")
         desktop.write_draft(handoff_text("Still syncing"))
         wait_until(lambda: bool(on_remote(remote)), 10, "a publish under the last good config")
-        desktop.config.write_text(good.replace("pull_interval = 1.0", "pull_interval = 2.0"), encoding="utf-8")
+        desktop.config.write_text(
+            good.replace("pull_interval = 1.0", "pull_interval = 2.0"), encoding="utf-8"
+        )
         daemon.wait_for_log(r"config changed")
     finally:
         assert daemon.stop() == 0
 
 
 def test_a_hung_notification_server_costs_a_bounded_wait(
-    tmp_path: Path, remote: Path, session_bus: str, hung_notification_server: RecordingNotificationServer
+    tmp_path: Path,
+    remote: Path,
+    session_bus: str,
+    hung_notification_server: RecordingNotificationServer,
 ) -> None:
     env = env_for_bus(session_bus)
     desktop = make_device(tmp_path, remote, "desktop")
-    laptop = make_device(tmp_path, remote, "laptop", notify=True, notify_timeout=1.0, pull_interval=0.5)
+    laptop = make_device(
+        tmp_path, remote, "laptop", notify=True, notify_timeout=1.0, pull_interval=0.5
+    )
     daemon = laptop.start(env)
     try:
         for number in (1, 2):
             desktop.write_draft(handoff_text(f"Handoff {number}"))
             assert desktop.cli("sync").returncode == 0
             start = time.monotonic()
+            wanted = f"Handoff {number}"
             wait_until(
-                lambda n=number: f"Handoff {n}" in laptop.materialized.read_text(encoding="utf-8")
-                if laptop.materialized.exists()
-                else False,
+                lambda: wanted in _read(laptop.materialized),  # noqa: B023 - used at once
                 15,
                 f"handoff {number} on the laptop",
             )
             assert time.monotonic() - start < 10
-        daemon.wait_for_log(r"notification timed out: the notification server did not answer within 1 s")
+        daemon.wait_for_log(
+            r"notification timed out: the notification server did not answer within 1 s"
+        )
     finally:
         assert daemon.stop() == 0
 
 
-def test_no_notification_server_is_a_log_line(tmp_path: Path, remote: Path, session_bus: str) -> None:
+def test_no_notification_server_is_a_log_line(
+    tmp_path: Path, remote: Path, session_bus: str
+) -> None:
     env = env_for_bus(session_bus)
     desktop = make_device(tmp_path, remote, "desktop")
     laptop = make_device(tmp_path, remote, "laptop", notify=True, pull_interval=0.5)
@@ -175,7 +188,9 @@ def test_no_notification_server_is_a_log_line(tmp_path: Path, remote: Path, sess
     try:
         desktop.write_draft(handoff_text("Nobody listening"))
         assert desktop.cli("sync").returncode == 0
-        daemon.wait_for_log(r"notification not sent \(no notification server is running on the session bus\)")
+        daemon.wait_for_log(
+            r"notification not sent \(no notification server is running on the session bus\)"
+        )
     finally:
         assert daemon.stop() == 0
 
@@ -199,7 +214,9 @@ def test_a_refused_draft_is_notified_once_and_left_in_place(
         [note] = notification_server.wait_for(lambda notes: len(notes) >= 1, 10)
         assert note["summary"] == "convosyncd could not publish in app"
         wait_until(
-            lambda: desktop.status()["repos"][0]["draft_problem"] is not None, 10, "status to show it"
+            lambda: desktop.status()["repos"][0]["draft_problem"] is not None,
+            10,
+            "status to show it",
         )
         time.sleep(1.5)
     finally:
@@ -220,7 +237,9 @@ def test_status_while_running_shows_pending_handoffs_when_the_remote_is_gone(
     try:
         desktop.write_draft(handoff_text("Queued"))
         wait_until(lambda: not desktop.draft.exists(), 10, "the draft to be taken in")
-        wait_until(lambda: desktop.status()["repos"][0]["pending"] == 1, 10, "status to show 1 waiting")
+        wait_until(
+            lambda: desktop.status()["repos"][0]["pending"] == 1, 10, "status to show 1 waiting"
+        )
         (tmp_path / "away.git").rename(remote)
         wait_until(lambda: bool(on_remote(remote)), 30, "the push after the remote came back")
         wait_until(lambda: desktop.status()["repos"][0]["pending"] == 0, 10, "nothing waiting")
@@ -230,3 +249,5 @@ def test_status_while_running_shows_pending_handoffs_when_the_remote_is_gone(
     assert report["repos"][0]["last_push"] is not None
 
 
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""

@@ -77,7 +77,7 @@ def test_a_fifo_never_blocks(path: Path) -> None:
     def attempt() -> None:
         try:
             drafts.read(path, LIMIT)
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             outcome.append(error)
         else:
             outcome.append(None)

@@ -41,7 +41,11 @@ def plugin_parse(content: str) -> list[dict[str, str | None]]:
         if not device:
             continue
         found = {
-            key: (m.group(1).strip() if (m := re.search(rf"\*\*{key}:\*\* (.+?)$", section, re.MULTILINE)) else None)
+            key: (
+                m.group(1).strip()
+                if (m := re.search(rf"\*\*{key}:\*\* (.+?)$", section, re.MULTILINE))
+                else None
+            )
             for key in ("Timestamp", "Commit", "Branch")
         }
         start = section.find("**Branch:**")
@@ -53,7 +57,10 @@ def plugin_parse(content: str) -> list[dict[str, str | None]]:
 
 
 def test_task_line_is_the_first_line_under_current_task() -> None:
-    assert task_line(handoff_text("Implementing OAuth refresh tokens")) == "Implementing OAuth refresh tokens"
+    assert (
+        task_line(handoff_text("Implementing OAuth refresh tokens"))
+        == "Implementing OAuth refresh tokens"
+    )
 
 
 def test_task_line_skips_blank_lines_and_bullets() -> None:
@@ -129,7 +136,10 @@ def test_stored_metadata_cannot_break_out_of_its_line() -> None:
 
 
 def test_parse_stored_trusts_the_path_not_the_front_matter() -> None:
-    data = b"---\ndevice: ../../evil\ncreated: 2026-11-23T22:45:35Z\ntask: <b>x</b>\x1b[2J\n---\nbody\n"
+    data = (
+        b"---\ndevice: ../../evil\ncreated: 2026-11-23T22:45:35Z\n"
+        b"task: <b>x</b>\x1b[2J\n---\nbody\n"
+    )
     handoff = parse_stored(data, device="laptop", name="20261123T224535.000Z-aaaaaaaaaaaa.md")
     assert handoff.device == "laptop"
     assert handoff.task == "x"
@@ -145,7 +155,9 @@ def test_parse_stored_rejects_bad_devices_and_unclosed_front_matter() -> None:
 
 
 def test_parse_stored_without_front_matter_takes_the_time_from_the_name() -> None:
-    handoff = parse_stored(b"### Current Task\nHi\n", device="d", name="20261123T224535.000Z-aaaaaaaaaaaa.md")
+    handoff = parse_stored(
+        b"### Current Task\nHi\n", device="d", name="20261123T224535.000Z-aaaaaaaaaaaa.md"
+    )
     assert handoff.created == datetime(2026, 11, 23, 22, 45, 35, tzinfo=timezone.utc)
     assert handoff.task == "Hi"
 
@@ -197,13 +209,18 @@ def test_notification_names_device_repo_and_task_in_plain_text() -> None:
     assert note.title == "Handoff from desktop"
     assert note.message == "app: Implementing OAuth refresh tokens"
     hostile = notification_for(handoff, "<i>-repo</i>\x1b[1m" + "x" * 500)
-    assert len(hostile.message) <= 200 and "<" not in hostile.message and "\x1b" not in hostile.message
+    assert (
+        len(hostile.message) <= 200 and "<" not in hostile.message and "\x1b" not in hostile.message
+    )
 
 
 def test_newest_per_device_skips_own_and_invalid() -> None:
     chosen = newest_per_device(
         {
-            "desktop": ["20261123T224535.000Z-aaaaaaaaaaaa.md", "20261124T000000.000Z-bbbbbbbbbbbb.md"],
+            "desktop": [
+                "20261123T224535.000Z-aaaaaaaaaaaa.md",
+                "20261124T000000.000Z-bbbbbbbbbbbb.md",
+            ],
             "laptop": ["20261123T224535.000Z-cccccccccccc.md"],
             "phone": ["notes.txt"],
             "..": ["20261123T224535.000Z-dddddddddddd.md"],

@@ -27,7 +27,10 @@ def test_same_entry_on_both_sides_is_kept_once() -> None:
 
 def test_folders_present_on_both_sides_are_merged_inside() -> None:
     merged = union([tree("desktop", "1"), tree("laptop", "2")], [tree("desktop", "3")])
-    assert merged == [Recurse("desktop", "1".ljust(40, "0"), "3".ljust(40, "0")), tree("laptop", "2")]
+    assert merged == [
+        Recurse("desktop", "1".ljust(40, "0"), "3".ljust(40, "0")),
+        tree("laptop", "2"),
+    ]
 
 
 def test_a_collision_keeps_both_files_the_same_way_on_both_sides() -> None:
@@ -41,7 +44,10 @@ def test_a_collision_keeps_both_files_the_same_way_on_both_sides() -> None:
 def test_a_file_against_a_folder_keeps_both() -> None:
     merged = union([blob("x", "aa")], [tree("x", "bb")])
     assert merged == union([tree("x", "bb")], [blob("x", "aa")])
-    assert {(e.name, e.kind) for e in merged if isinstance(e, Entry)} == {("x", "tree"), ("x~aa000000", "blob")}
+    assert {(e.name, e.kind) for e in merged if isinstance(e, Entry)} == {
+        ("x", "tree"),
+        ("x~aa000000", "blob"),
+    }
 
 
 names = st.sampled_from(["a.md", "b.md", "c.md", "d"])

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from convosyncd.sync import RepoSync
 from tests.support.devices import Device, git, handoff_text, make_device, make_remote, snapshot
 
 
-def engine(device: Device, **overrides: object) -> RepoSync:
+def engine(device: Device, **overrides: Any) -> RepoSync:
     if overrides:
         device.write_config(**overrides)
     config = configs.load(device.config)
@@ -62,7 +63,10 @@ def test_first_publish_creates_the_branch_on_both_sides(desktop: Device, remote:
     )
     assert stored.endswith(handoff_text("Implementing OAuth refresh tokens").rstrip("\n"))
     message = git(remote, "log", "-1", "--format=%s%n%an <%ae>", "refs/heads/convosync")
-    assert message == "handoff(desktop): Implementing OAuth refresh tokens\nTest Person <person@example.invalid>"
+    assert (
+        message == "handoff(desktop): Implementing OAuth refresh tokens\n"
+        "Test Person <person@example.invalid>"
+    )
 
 
 def test_a_device_that_never_saw_the_branch_gets_it_on_its_first_poll(
@@ -74,7 +78,9 @@ def test_a_device_that_never_saw_the_branch_gets_it_on_its_first_poll(
     assert result.ok, result.error
     assert [name.split("/")[0] for name in result.arrived] == ["desktop"]
     text = laptop.materialized.read_text(encoding="utf-8")
-    assert text.startswith("# ConvoSync Session Handoffs\n\n---\n## Handoff from desktop\n**Timestamp:** ")
+    assert text.startswith(
+        "# ConvoSync Session Handoffs\n\n---\n## Handoff from desktop\n**Timestamp:** "
+    )
     assert "**Branch:** main\n\n### Current Task\nShip the parser" in text
     assert "favourite pizza is Margherita" in text
 
@@ -90,7 +96,9 @@ def test_the_same_content_is_published_once(desktop: Device, remote: Path) -> No
     assert len(remote_files(remote)) == 1
 
 
-def test_a_crash_after_publishing_only_removes_the_draft_on_restart(desktop: Device, remote: Path) -> None:
+def test_a_crash_after_publishing_only_removes_the_draft_on_restart(
+    desktop: Device, remote: Path
+) -> None:
     desktop.write_draft(handoff_text("Crash"))
     kept = desktop.draft.read_bytes()
     assert engine(desktop).publish(require_settled=False).status == "published"
@@ -128,7 +136,9 @@ def test_a_merge_from_both_sides_gives_the_same_tree(desktop: Device, laptop: De
         device.write_draft(handoff_text(f"{device.name} offline"))
         assert sync.publish(require_settled=False).status == "published"
     assert desktop_sync.cycle().ok and laptop_sync.cycle().ok and desktop_sync.cycle().ok
-    assert git(desktop.repo, "rev-parse", "convosync^{tree}") == git(laptop.repo, "rev-parse", "convosync^{tree}")
+    assert git(desktop.repo, "rev-parse", "convosync^{tree}") == git(
+        laptop.repo, "rev-parse", "convosync^{tree}"
+    )
     assert len(desktop.sync_branch_files()) == 2
 
 
@@ -150,7 +160,9 @@ def test_own_handoffs_never_notify_and_others_notify_once(desktop: Device, lapto
     assert len(both.arrived) == 2 and len(both.notified) == 1, "only the newest per device"
 
 
-def test_a_lost_state_file_does_not_notify_old_handoffs_again(desktop: Device, laptop: Device) -> None:
+def test_a_lost_state_file_does_not_notify_old_handoffs_again(
+    desktop: Device, laptop: Device
+) -> None:
     desktop.write_draft(handoff_text("Old news"))
     engine(desktop).cycle(require_settled=False)
     laptop_sync = engine(laptop)
@@ -211,7 +223,9 @@ def test_the_persons_work_is_untouched(
     path = next(p for p in remote_files(remote) if p.startswith("handoffs/desktop/"))
     assert f"repo_branch: {branch}\n" in git(remote, "show", f"refs/heads/convosync:{path}")
     assert desktop.materialized.exists()
-    status = git(desktop.repo, "--no-optional-locks", "status", "--porcelain", "--untracked-files=all")
+    status = git(
+        desktop.repo, "--no-optional-locks", "status", "--porcelain", "--untracked-files=all"
+    )
     assert ".convosync" not in status
 
 
@@ -224,7 +238,9 @@ def test_the_convosync_folder_is_excluded_without_touching_gitignore(desktop: De
     assert (desktop.repo / ".convosync" / "device-id").read_text(encoding="utf-8") == "desktop\n"
 
 
-def test_a_device_without_git_identity_still_publishes(desktop: Device, remote: Path, tmp_path: Path) -> None:
+def test_a_device_without_git_identity_still_publishes(
+    desktop: Device, remote: Path, tmp_path: Path
+) -> None:
     (Path(os.environ["GIT_CONFIG_GLOBAL"])).write_text("", encoding="utf-8")
     desktop.write_draft(handoff_text("Nameless"))
     result = engine(desktop).cycle(require_settled=False)
@@ -256,7 +272,9 @@ def test_the_remote_branch_deleted_is_recreated(desktop: Device, remote: Path) -
     assert len(remote_files(remote)) == 1
 
 
-def test_unreachable_remote_queues_locally_and_pushes_later(desktop: Device, remote: Path, tmp_path: Path) -> None:
+def test_unreachable_remote_queues_locally_and_pushes_later(
+    desktop: Device, remote: Path, tmp_path: Path
+) -> None:
     moved = tmp_path / "moved.git"
     remote.rename(moved)
     sync = engine(desktop)
@@ -272,12 +290,12 @@ def test_unreachable_remote_queues_locally_and_pushes_later(desktop: Device, rem
 
 
 class _AskForPassword(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.send_response(401)
         self.send_header("WWW-Authenticate", 'Basic realm="git"')
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         del format, args
 
 
@@ -338,6 +356,8 @@ def test_a_remote_that_never_answers_costs_the_time_limit_not_a_hang(
     start = time.monotonic()
     result = sync.cycle(require_settled=False)
     elapsed = time.monotonic() - start
-    assert not result.ok and result.error is not None and "did not finish within 1 s" in result.error
+    assert (
+        not result.ok and result.error is not None and "did not finish within 1 s" in result.error
+    )
     assert result.published, "the draft is taken in even though the remote hangs"
     assert elapsed < 8

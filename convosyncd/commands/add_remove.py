@@ -16,7 +16,9 @@ from convosyncd.worktree import WorkTree, validate
 def add_parser(subparsers: Any) -> None:
     add = subparsers.add_parser("add", help="register a git work tree to sync")
     add.add_argument("path", type=Path, help="the top folder of a git work tree")
-    add.add_argument("--remote", default="origin", help="the git remote to sync through (default: origin)")
+    add.add_argument(
+        "--remote", default="origin", help="the git remote to sync through (default: origin)"
+    )
     add.add_argument("--branch", default="convosync", help="the sync branch (default: convosync)")
     add.set_defaults(handler=run_add)
     remove = subparsers.add_parser("remove", help="stop syncing a repo (its handoffs stay)")
@@ -36,7 +38,9 @@ def run_add(args: argparse.Namespace) -> int:
     tree.prepare(config.device)
     changed = configs.save_repo(args.config, RepoConfig(top, repo.remote, repo.branch))
     verb = "Registered" if changed else "Already registered:"
-    print(f"{verb} {top} (remote {repo.remote}, sync branch {repo.branch}, device {config.device}).")
+    print(
+        f"{verb} {top} (remote {repo.remote}, sync branch {repo.branch}, device {config.device})."
+    )
     print(f"Config: {args.config}")
     print(
         "A running daemon picks this up by itself; start one with `convosyncd run` or "

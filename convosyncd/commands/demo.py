@@ -10,7 +10,6 @@ config or state is touched; the folder is removed afterwards (unless ``--keep``)
 from __future__ import annotations
 
 import argparse
-
 import re
 import shutil
 import signal
@@ -139,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
         desktop, desktop_config = _device(root, remote, "desktop", notify=False)
         laptop, laptop_config = _device(root, remote, "laptop", notify=True)
         print("  1. a bare remote and two devices, 'desktop' and 'laptop', each a clone")
-        logs = {"desktop": root / "desktop" / "daemon.log", "laptop": root / "laptop" / "daemon.log"}
+        logs = {
+            "desktop": root / "desktop" / "daemon.log",
+            "laptop": root / "laptop" / "daemon.log",
+        }
         daemons.append(_start(desktop_config, logs["desktop"]))
         daemons.append(_start(laptop_config, logs["laptop"]))
         ready = _wait_for(
@@ -150,7 +152,10 @@ def run(args: argparse.Namespace) -> int:
             for name, log in logs.items():
                 print(f"--- {name}\n{_read(log)}", file=sys.stderr)
             return 1
-        print(f"  2. a daemon for each is running (settle 0.2 s, poll every 0.5 s), ready in {ready:.2f} s")
+        print(
+            "  2. a daemon for each is running (settle 0.2 s, poll every 0.5 s), "
+            f"ready in {ready:.2f} s"
+        )
         draft = desktop / CONVOSYNC_DIR / DRAFT_NAME
         draft.parent.mkdir(exist_ok=True)
         written = time.monotonic()
@@ -159,19 +164,30 @@ def run(args: argparse.Namespace) -> int:
 
         def on_remote() -> bool:
             result = run_git(
-                ["ls-remote", str(remote), "refs/heads/convosync"], cwd=root, timeout=10, check=False
+                ["ls-remote", str(remote), "refs/heads/convosync"],
+                cwd=root,
+                timeout=10,
+                check=False,
             )
             return bool(result.text) and not draft.exists()
 
         pushed = _wait_for(on_remote, WAIT)
         if pushed is None:
-            print("  ✗ the desktop did not publish; its log:\n" + _read(logs["desktop"]), file=sys.stderr)
+            print(
+                "  ✗ the desktop did not publish; its log:\n" + _read(logs["desktop"]),
+                file=sys.stderr,
+            )
             return 1
-        print(f"  4. desktop: published on the sync branch and pushed, {pushed:.2f} s after the write")
+        print(
+            f"  4. desktop: published on the sync branch and pushed, {pushed:.2f} s after the write"
+        )
         handoffs = laptop / CONVOSYNC_DIR / MATERIALIZED_NAME
         arrived = _wait_for(lambda: "Handoff from desktop" in _read(handoffs), WAIT)
         if arrived is None:
-            print("  ✗ the laptop did not receive it; its log:\n" + _read(logs["laptop"]), file=sys.stderr)
+            print(
+                "  ✗ the laptop did not receive it; its log:\n" + _read(logs["laptop"]),
+                file=sys.stderr,
+            )
             return 1
         print(
             f"  5. laptop: it arrived in {CONVOSYNC_DIR}/{MATERIALIZED_NAME}, "
@@ -184,14 +200,26 @@ def run(args: argparse.Namespace) -> int:
         reason = re.search(r"notification not sent \((.+?)\):", log_text)
         shown = {
             "sent": "handed to this desktop's notification server",
-            "failed": f"not shown: {reason.group(1) if reason else 'no notification server answered'}",
+            "failed": "not shown: "
+            + (reason.group(1) if reason else "no notification server answered"),
             "timed out": "not shown: the notification server did not answer",
         }.get(outcome, outcome)
-        print(f"  6. laptop: notification 'Handoff from desktop' / 'app: Implementing OAuth refresh tokens' ({shown})")
+        print(
+            "  6. laptop: notification 'Handoff from desktop' / "
+            f"'app: Implementing OAuth refresh tokens' ({shown})"
+        )
         print()
         print("--- on the laptop, `convosyncd resume` prints:")
         resume = subprocess.run(
-            [sys.executable, "-m", "convosyncd", "--config", str(laptop_config), "resume", str(laptop)],
+            [
+                sys.executable,
+                "-m",
+                "convosyncd",
+                "--config",
+                str(laptop_config),
+                "resume",
+                str(laptop),
+            ],
             capture_output=True,
             text=True,
             timeout=30,
@@ -199,7 +227,10 @@ def run(args: argparse.Namespace) -> int:
         )
         print(resume.stdout.rstrip())
         print("---")
-        print(f"Done in {time.monotonic() - started:.1f} s. Next: `convosyncd add PATH` for your own repos.")
+        print(
+            f"Done in {time.monotonic() - started:.1f} s. "
+            "Next: `convosyncd add PATH` for your own repos."
+        )
         return 0
     finally:
         for process in daemons:
@@ -215,5 +246,3 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-
-

@@ -22,7 +22,13 @@ from convosyncd.handoff import Handoff, describe_age, newest_first
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("resume", help="print the other devices' latest handoffs")
-    parser.add_argument("path", nargs="?", type=Path, default=None, help="a registered repo (default: the one you are in)")
+    parser.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="a registered repo (default: the one you are in)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -42,7 +48,9 @@ def find_repo(config: Config, path: Path | None) -> RepoConfig:
 def others_latest(config: Config, repo: RepoConfig) -> list[Handoff]:
     """The newest handoff of each other device on the local sync branch, newest first."""
     branch = SyncBranch(
-        Git(repo.path, network_timeout=config.network_timeout), remote=repo.remote, branch=repo.branch
+        Git(repo.path, network_timeout=config.network_timeout),
+        remote=repo.remote,
+        branch=repo.branch,
     )
     catalog = Catalog(branch, max_bytes=config.max_draft_bytes)
     tip = branch.tip()
@@ -71,10 +79,14 @@ def run(args: argparse.Namespace) -> int:
     config = configs.load(args.config)
     repo = find_repo(config, args.path)
     if not repo.path.is_dir():
-        raise UsageError(f"the repo folder {repo.path} is missing: put it back, or `convosyncd remove` it")
+        raise UsageError(
+            f"the repo folder {repo.path} is missing: put it back, or `convosyncd remove` it"
+        )
     handoffs = others_latest(config, repo)
     if not handoffs:
-        print(f"No handoffs from other devices in {repo.path} yet (this device is {config.device}).")
+        print(
+            f"No handoffs from other devices in {repo.path} yet (this device is {config.device})."
+        )
         return 0
     print(render(handoffs, datetime.now(timezone.utc)), end="")
     return 0

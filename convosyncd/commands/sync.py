@@ -16,7 +16,9 @@ from convosyncd.sync import CycleResult, RepoSync
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("sync", help="publish, pull and push now, then exit")
-    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="registered repos (default: all)")
+    parser.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="registered repos (default: all)"
+    )
     parser.set_defaults(handler=run)
 
 
