@@ -10,10 +10,13 @@ log line. SIGTERM and SIGINT let the publish in flight finish, then the daemon e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
+import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +89,8 @@ class Daemon:
         self.config_error: str | None = None
         self._config_stamp = self._stamp()
         self._reload_lock = threading.Lock()
+        self._scheduling = threading.Lock()
+        self._closing = False
         self._lock: FileLock | None = None
         self._scheduler: Any = None
         self._watcher = DraftWatcher(self._on_draft, self._on_layout, self._on_config_event)
@@ -113,8 +118,10 @@ class Daemon:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.acquire_lock()
-        for name in ("apscheduler", "watchdog"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # APScheduler warns when a job's run is skipped because the previous one is still
+        # going; the publish job catches that itself (see _publish), so only errors show.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        logging.getLogger("watchdog").setLevel(logging.WARNING)
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(WORKERS)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -128,9 +135,7 @@ class Daemon:
             self._watcher.watch_config(self.config_path)
             self._scheduler.start()
             self._apply(self.config)
-            self._scheduler.add_job(
-                self._check_config, "interval", seconds=5, id="config", replace_existing=True
-            )
+            self._submit(self._check_config, "config", "interval", seconds=5)
             log.info(
                 "convosyncd running as device %s with %d repo(s); config %s",
                 self.config.device,
@@ -139,10 +144,13 @@ class Daemon:
             )
             if self.on_ready is not None:
                 self.on_ready(self)
-            while not self.stopping.wait(3600):
-                pass
+            self._wait_for_signal()
         finally:
             log.info("stopping: finishing the work in flight")
+            with self._scheduling:
+                # From here on no job may schedule another: APScheduler's shutdown waits
+                # for running jobs while holding locks that add_job needs.
+                self._closing = True
             self._watcher.stop()
             if self._scheduler is not None and self._scheduler.running:
                 self._scheduler.shutdown(wait=True)
@@ -152,6 +160,27 @@ class Daemon:
                 self._lock.release()
             log.info("stopped")
         return 0
+
+    def _wait_for_signal(self) -> None:
+        """Sleep until SIGTERM or SIGINT, with no periodic wake-ups.
+
+        The kernel may hand a signal to any thread; Python runs its handler in the main
+        thread only once that thread wakes up, and a thread blocked on a lock never does.
+        So the main thread sleeps in ``select`` on the signal wake-up socket instead.
+        """
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno())
+        try:
+            while not self.stopping.is_set():
+                select.select([reader], [], [], 3600)
+                with contextlib.suppress(BlockingIOError):
+                    reader.recv(512)
+        finally:
+            signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -190,9 +219,7 @@ class Daemon:
         entry = self.repos.pop(path)
         self._watcher.forget(path)
         for prefix in ("poll", "draft", "push"):
-            job = self._scheduler.get_job(f"{prefix}:{entry.key}")
-            if job is not None:
-                job.remove()
+            self._cancel(f"{prefix}:{entry.key}")
         log.info("no longer watching %s", path)
 
     def _poll_interval(self, entry: _Repo) -> float:
@@ -203,16 +230,29 @@ class Daemon:
         return interval
 
     def _schedule_poll(self, entry: _Repo, *, delay: float) -> None:
-        interval = self._poll_interval(entry)
-        self._scheduler.add_job(
+        self._submit(
             self._poll,
+            f"poll:{entry.key}",
             "interval",
-            seconds=interval,
+            seconds=self._poll_interval(entry),
             args=(entry.key,),
-            id=f"poll:{entry.key}",
-            replace_existing=True,
             next_run_time=datetime.now().astimezone() + timedelta(seconds=delay),
         )
+
+    def _submit(self, func: Callable[..., None], job_id: str, trigger: str, **options: Any) -> None:
+        """Add or replace a job, unless the daemon is shutting down."""
+        with self._scheduling:
+            if self._closing or self._scheduler is None:
+                return
+            self._scheduler.add_job(func, trigger, id=job_id, replace_existing=True, **options)
+
+    def _cancel(self, job_id: str) -> None:
+        with self._scheduling:
+            if self._closing or self._scheduler is None:
+                return
+            job = self._scheduler.get_job(job_id)
+            if job is not None:
+                job.remove()
 
     def _entry(self, key: str) -> _Repo | None:
         return self.repos.get(Path(key))
@@ -236,14 +276,14 @@ class Daemon:
         entry.poll_failures = 0 if result.ok else entry.poll_failures + 1
         if failed_before or entry.poll_failures:
             self._schedule_poll(entry, delay=self._poll_interval(entry))
-        if result.pending and not self.stopping.is_set():
+        if result.pending:
             self._schedule_push(entry)
         if result.publish_at is not None:
             self._schedule_publish(entry, at=result.publish_at)
 
     def _on_draft(self, repo: Path) -> None:
         entry = self.repos.get(repo)
-        if entry is not None and not self.stopping.is_set():
+        if entry is not None:
             self._schedule_publish(entry, at=time.time() + self.config.settle)
 
     def _on_layout(self, repo: Path) -> None:
@@ -253,19 +293,13 @@ class Daemon:
             self._schedule_publish(entry, at=time.time() + self.config.settle)
 
     def _schedule_publish(self, entry: _Repo, *, at: float) -> None:
-        if self.stopping.is_set():
-            return
-        try:
-            self._scheduler.add_job(
-                self._publish,
-                "date",
-                run_date=datetime.fromtimestamp(at).astimezone(),
-                args=(entry.key,),
-                id=f"draft:{entry.key}",
-                replace_existing=True,
-            )
-        except Exception as error:
-            log.debug("could not schedule a publish: %s", error)
+        self._submit(
+            self._publish,
+            f"draft:{entry.key}",
+            "date",
+            run_date=datetime.fromtimestamp(at).astimezone(),
+            args=(entry.key,),
+        )
 
     @guarded
     def _publish(self, key: str) -> None:
@@ -288,20 +322,20 @@ class Daemon:
                 sync.refresh()
             except ConvosyncError as error:
                 sync.fail(error)
+            if sync.tree.draft.exists():
+                # A new draft arrived while this one was published; its own event may
+                # have fallen on this running job and been dropped.
+                self._schedule_publish(entry, at=time.time() + self.config.settle)
 
     def _schedule_push(self, entry: _Repo) -> None:
         delay = backoff_delay(max(1, entry.push_failures))
-        try:
-            self._scheduler.add_job(
-                self._push,
-                "date",
-                run_date=datetime.now().astimezone() + timedelta(seconds=delay),
-                args=(entry.key,),
-                id=f"push:{entry.key}",
-                replace_existing=True,
-            )
-        except Exception as error:
-            log.debug("could not schedule a push: %s", error)
+        self._submit(
+            self._push,
+            f"push:{entry.key}",
+            "date",
+            run_date=datetime.now().astimezone() + timedelta(seconds=delay),
+            args=(entry.key,),
+        )
 
     @guarded
     def _push(self, key: str) -> None:
@@ -332,17 +366,12 @@ class Daemon:
         return (status.st_mtime_ns, status.st_size)
 
     def _on_config_event(self) -> None:
-        if self._scheduler is not None and not self.stopping.is_set():
-            try:
-                self._scheduler.add_job(
-                    self._check_config,
-                    "date",
-                    run_date=datetime.now().astimezone() + timedelta(seconds=0.2),
-                    id="config-event",
-                    replace_existing=True,
-                )
-            except Exception as error:
-                log.debug("could not schedule a config check: %s", error)
+        self._submit(
+            self._check_config,
+            "config-event",
+            "date",
+            run_date=datetime.now().astimezone() + timedelta(seconds=0.2),
+        )
 
     def _check_config(self) -> None:
         with self._reload_lock:

@@ -124,8 +124,18 @@ def describe_command(args: Sequence[str]) -> str:
     return mask_credentials(shlex.join(["git", *args]))
 
 
+_BOILERPLATE = (
+    "please make sure you have the correct access rights",
+    "and the repository exists.",
+)
+
+
 def _last_lines(stderr: str, count: int = 3) -> str:
-    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    lines = [
+        line.strip()
+        for line in stderr.strip().splitlines()
+        if line.strip() and line.strip().lower() not in _BOILERPLATE
+    ]
     return " / ".join(lines[-count:])
 
 
@@ -226,14 +236,26 @@ class Git:
             env.update(extra_env or {})
         else:
             env = git_environment()
-        return run_git(
-            args,
-            cwd=self.worktree,
-            timeout=self.network_timeout if network else LOCAL_TIMEOUT,
-            input=input,
-            check=check,
-            env=env,
-        )
+        try:
+            result = run_git(
+                args,
+                cwd=self.worktree,
+                timeout=self.network_timeout if network else LOCAL_TIMEOUT,
+                input=input,
+                check=check,
+                env=env,
+            )
+        except GitError:
+            if network:
+                self.forget_environment()
+            raise
+        if network and result.returncode != 0:
+            self.forget_environment()
+        return result
+
+    def forget_environment(self) -> None:
+        """Read ``core.sshCommand`` again next time (the person may have fixed it)."""
+        self._env = None
 
     def out(self, *args: str) -> str:
         """Standard output of a command that must succeed."""

@@ -35,8 +35,9 @@ Detectors we add or replace
       keys longer than 24 characters, and URL passwords containing reserved characters.
     * replaced: GitHub and GitLab (1.5.0 wraps the prefix in a capturing group, so
       ``findall`` reports just ``"ghp"``), JWT (unbounded quantifiers are quadratic on one
-      long line, and the lazy tail drops the signature) and OpenAI (quadratic; also misses
-      ``sk-proj-`` keys without the ``T3BlbkFJ`` marker).
+      long line, and the lazy tail drops the signature), OpenAI (quadratic; also misses
+      ``sk-proj-`` keys without the ``T3BlbkFJ`` marker) and the AWS key id pattern (it
+      matched inside upper-case hex digests; its quoted-secret-key pattern is kept).
 
 Performance
     Drafts are up to 1 MiB.  Every pattern is bounded and, where a prefix could repeat
@@ -51,7 +52,8 @@ Positions
     is never part of a secret, so CRLF drafts keep their line endings through
     :func:`redact`.  Offsets count characters (``str`` indices), not bytes.  When
     detect-secrets reports a value on a line, every occurrence of the value on that line
-    is redacted (for passwords: every occurrence not glued to other letters or digits).
+    is redacted (for passwords: every occurrence not glued to other letters or digits);
+    this also covers every place a detector's regex actually matched.
     A redaction marker counts as part of a token on both sides, so that redacting one
     secret never makes a glued neighbour look like a new one.
 
@@ -114,7 +116,8 @@ _ENGINE_LOCK: Final = threading.Lock()
 # --------------------------------------------------------------------------- patterns
 # Characters that glue a token to what precedes it.  "]" is included so that a token
 # which directly follows a redaction marker is treated the same before and after
-# redaction ("...]ghp_..." is not a token start either way).
+# redaction ("...]ghp_..." is not a token start either way); for the same reason the
+# look-aheads that end a token treat "[" as glue.
 _GLUE: Final = r"A-Za-z0-9_\]\-"
 
 
@@ -129,6 +132,11 @@ def _unglued(prefix: str) -> str:
 
 
 _AWS_KEY_ID: Final = re.compile(r"(?:A3T[A-Z0-9]|ABIA|ACCA|AKIA|ASIA)[0-9A-Z]{16}")
+# detect-secrets' key id pattern, but not inside a longer run of base64/hex characters
+# (upper-case SHA-256 digests and GPG fingerprints contain "ACCA" + 16 more often).
+_AWS_ID_PATTERN: Final = re.compile(
+    rf"(?<![A-Za-z0-9+/\]]){_AWS_KEY_ID.pattern}(?![A-Za-z0-9+/\[])"
+)
 
 _GITHUB_PATTERNS: Final = [
     re.compile(rf"gh[pousr]_(?<![{_GLUE}]gh[pousr]_)[A-Za-z0-9]{{36,255}}"),
@@ -143,9 +151,12 @@ _GITLAB_PATTERNS: Final = [
     re.compile(r"glagent-[A-Za-z0-9_\-]{50,1024}"),
     re.compile(r"gloas-[A-Za-z0-9_\-]{64,255}"),
 ]
-_JWT_SEGMENT: Final = r"[A-Za-z0-9_\-]{1,8192}={0,2}"
+_JWT_SEGMENT: Final = r"[A-Za-z0-9_\-]{2,8192}={0,2}"
 _JWT_PATTERNS: Final = [
-    re.compile(_unglued("eyJ") + rf"{_JWT_SEGMENT}\.{_JWT_SEGMENT}(?:\.{_JWT_SEGMENT})?"),
+    # The header holds at least {"alg":"..."}: 15 or more base64 characters.
+    re.compile(
+        _unglued("eyJ") + rf"[A-Za-z0-9_\-]{{12,8192}}={{0,2}}\.{_JWT_SEGMENT}(?:\.{_JWT_SEGMENT})?"
+    ),
 ]
 _OPENAI_PATTERNS: Final = [
     # Keys carrying the base64 "OpenAI" marker, any project/org prefix.
@@ -234,7 +245,6 @@ _FALLBACK_KIND: Final = "secret"
 # and secret keys under the same secret_type.
 _KIND_TABLE: Final[Mapping[str, tuple[tuple[str, re.Pattern[str] | None], ...]]] = {
     # detect-secrets built-ins, used as they are
-    "AWS Access Key": (("aws-access-key", _AWS_KEY_ID), ("aws-secret-key", None)),
     "Azure Storage Account access key": (("azure-storage-key", None),),
     "Basic Auth Credentials": (("password-in-url", None),),
     "Mailchimp Access Key": (("mailchimp-key", None),),
@@ -245,6 +255,7 @@ _KIND_TABLE: Final[Mapping[str, tuple[tuple[str, re.Pattern[str] | None], ...]]]
     "Square OAuth Secret": (("square-oauth-secret", None),),
     "Stripe Access Key": (("stripe-key", None),),
     # detect-secrets built-ins whose patterns we replace (same secret_type)
+    "AWS Access Key": (("aws-access-key", _AWS_KEY_ID), ("aws-secret-key", None)),
     "GitHub Token": (("github-token", None),),
     "GitLab Token": (("gitlab-token", None),),
     "JSON Web Token": (("jwt", None),),
@@ -257,7 +268,6 @@ _KIND_TABLE: Final[Mapping[str, tuple[tuple[str, re.Pattern[str] | None], ...]]]
 
 # detect-secrets plugins enabled by class name through its settings.
 _BUILTIN_PLUGINS: Final[tuple[str, ...]] = (
-    "AWSKeyDetector",
     "AzureStorageKeyDetector",
     "BasicAuthDetector",
     "MailchimpDetector",
@@ -294,11 +304,16 @@ def _rank(kind: str) -> int:
 @functools.lru_cache(maxsize=1)
 def _own_plugins() -> tuple[RegexBasedDetector, ...]:
     """Our detectors and the replacements for broken built-ins (imports detect-secrets)."""
+    from detect_secrets.plugins.aws import AWSKeyDetector
     from detect_secrets.plugins.base import RegexBasedDetector
     from detect_secrets.plugins.github_token import GitHubTokenDetector
     from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
     from detect_secrets.plugins.jwt import JwtTokenDetector
     from detect_secrets.plugins.openai import OpenAIDetector
+
+    class AwsKey(AWSKeyDetector):
+        # keep the built-in's second pattern (quoted secret key near "aws ... key")
+        denylist = (_AWS_ID_PATTERN, AWSKeyDetector.denylist[1])
 
     class GitHubToken(GitHubTokenDetector):
         denylist = _GITHUB_PATTERNS
@@ -314,12 +329,19 @@ def _own_plugins() -> tuple[RegexBasedDetector, ...]:
 
         def analyze_string(self, string: str) -> Generator[str, None, None]:
             # Header and payload must decode to JSON (detect-secrets' own check); the
-            # signature is not checked, so an oddly sized one still gets redacted.
-            for token in RegexBasedDetector.analyze_string(self, string):
-                head, _, rest = token.partition(".")
-                payload = rest.partition(".")[0]
-                if JwtTokenDetector.is_formally_valid(f"{head}.{payload}"):
-                    yield token
+            # signature is not checked, so an oddly sized one still gets redacted.  A
+            # rejected candidate must not hide a real token that starts inside it (plain
+            # findall would skip past it), so the search resumes right after its start.
+            for regex in self.denylist:
+                pos = 0
+                while (match := regex.search(string, pos)) is not None:
+                    token = match.group()
+                    head, _, rest = token.partition(".")
+                    if _jwt_is_valid(head, rest.partition(".")[0]):
+                        yield token
+                        pos = match.end()
+                    else:
+                        pos = match.start() + 1
 
     # `secret_type` is detect-secrets' label for a detector (a key of _KIND_TABLE), which
     # ruff's S105 mistakes for a hard-coded password.
@@ -352,6 +374,7 @@ def _own_plugins() -> tuple[RegexBasedDetector, ...]:
         denylist = _URL_PASSWORD_PATTERNS
 
     classes: tuple[type[RegexBasedDetector], ...] = (
+        AwsKey,
         GitHubToken,
         GitLabToken,
         OpenAIToken,
@@ -365,6 +388,17 @@ def _own_plugins() -> tuple[RegexBasedDetector, ...]:
         UrlPassword,
     )
     return tuple(cls() for cls in classes)
+
+
+@functools.lru_cache(maxsize=256)
+def _jwt_is_valid(head: str, payload: str) -> bool:
+    """detect-secrets' JWT check (both parts decode to JSON), safe on hostile input."""
+    from detect_secrets.plugins.jwt import JwtTokenDetector
+
+    try:
+        return bool(JwtTokenDetector.is_formally_valid(f"{head}.{payload}"))
+    except RecursionError:  # deeply nested JSON in a crafted header
+        return False
 
 
 class _Span(NamedTuple):
@@ -424,13 +458,19 @@ def _is_placeholder_password(value: str) -> bool:
 
 
 def _occurrences(line: str, value: str, kind: str) -> Iterator[tuple[int, int]]:
-    """Every (start, end) of `value` in `line` that should be redacted as `kind`."""
+    """Spans of every occurrence of `value` in `line` that should be redacted as `kind`.
+
+    Occurrences may overlap (a value reported twice can be found at a position that the
+    regex match came from and at an earlier one overlapping it), so the search steps one
+    character at a time and overlapping occurrences come out as one merged span.
+    """
     if not value:
         return
     password = kind == "password-in-url"
     if password and _is_placeholder_password(value):
         return
     width = len(value)
+    run_start = run_end = -1
     i = line.find(value)
     while i != -1:
         j = i + width
@@ -439,8 +479,15 @@ def _occurrences(line: str, value: str, kind: str) -> Iterator[tuple[int, int]]:
         if not password or (
             (i == 0 or line[i - 1] not in _ALNUM) and (j == len(line) or line[j] not in _ALNUM)
         ):
-            yield i, j
-        i = line.find(value, j)
+            if i < run_end:
+                run_end = j
+            else:
+                if run_end >= 0:
+                    yield run_start, run_end
+                run_start, run_end = i, j
+        i = line.find(value, i + 1)
+    if run_end >= 0:
+        yield run_start, run_end
 
 
 def _engine_spans(units: Iterable[_Unit]) -> list[_Span]:

@@ -414,6 +414,56 @@ def test_two_private_keys() -> None:
     )
 
 
+def test_putty_key_file_is_redacted_to_its_mac_line() -> None:
+    key_file = [
+        "PuTTY-User-Key-File-" + "2: ssh-rsa",
+        "Encryption: none",
+        "Comment: rsa-key-20240611",
+        "Public-Lines: 2",
+        _rand(64, _ALNUM + "+/"),
+        _rand(40, _ALNUM + "+/") + "=",
+        "Private-Lines: 2",
+        _rand(64, _ALNUM + "+/"),
+        _rand(30, _ALNUM + "+/") + "==",
+        "Private-MAC: " + _rand(40, "0123456789abcdef"),
+    ]
+    text = "- The .ppk file:\n" + "\n".join(key_file) + "\n- Rotate it.\n"
+    findings = scan(text)
+    assert [(f.kind, f.line, f.end_line) for f in findings] == [("private-key", 2, 11)]
+    assert redact(text, findings) == "- The .ppk file:\n[REDACTED:private-key]\n- Rotate it.\n"
+
+
+def test_allowlist_pragma_does_not_hide_a_secret() -> None:
+    token = SAMPLES["github-token"][0]()
+    text = f"GH_TOKEN={token}  # pragma: allowlist secret\n"
+    assert [f.kind for f in scan(text)] == ["github-token"]
+
+
+def test_jwt_behind_a_rejected_candidate_is_found() -> None:
+    # "eyJ<header>.<not json>.<...>" is rejected; the real token that starts inside that
+    # candidate's span must still be found.
+    header = _b64url_json({"alg": "HS256"})
+    real = _jwt()
+    text = f"x {header}.{_rand(30)}.{real} y\n"
+    findings = scan(text)
+    assert [f.kind for f in findings] == ["jwt"]
+    assert real not in redact(text, findings)
+
+
+def test_crafted_jwt_with_deeply_nested_json_does_not_crash() -> None:
+    header = base64.urlsafe_b64encode(b'{"a":' + b"[" * 6000).rstrip(b"=").decode()
+    text = f"x {header}.{_b64url_json({'sub': 1})}.{_rand(43)} y\n"
+    assert scan(text) == []
+
+
+def test_scan_leaves_detect_secrets_global_settings_alone() -> None:
+    from detect_secrets.settings import get_settings
+
+    before = get_settings().json()
+    scan("token " + SAMPLES["github-token"][0]() + "\n")
+    assert get_settings().json() == before
+
+
 NEGATIVE_HANDOFF = """\
 ## Handoff — convosyncd, 2024-06-11
 
@@ -454,6 +504,8 @@ Timings measured on the person's laptop: debounce 250 ms, commit 40 ms, push 1.2
 - Password policy text mentions "password", "passwd" and "secret" as plain words.
 - Env vars read: `CONVOSYNCD_CONFIG`, `GIT_SSH_COMMAND`, `XDG_STATE_HOME` (no secrets).
 - Pinned wheel: detect_secrets-1.5.0-py3-none-any.whl sha256:2f3b9c1e0d7a6b5c4e3f2a1b0c9d8e7f
+- Release tarball SHA256 894455118A61C58840CB68A925ACCAD75CEACE863D806916228F0614191A1CD5,
+  signed by 4DAACCAC7608DBDADAAE732D66B3E7F87E797563 (upper-case hex is not an AWS key id).
 
 ### Next Steps
 1. Finish retry/backoff in `convosyncd/push.py` and cover it in `tests/test_push.py`.
@@ -699,7 +751,12 @@ def test_concurrent_scans_match_sequential_results() -> None:
 def test_import_does_not_load_detect_secrets() -> None:
     code = "import sys, convosyncd.secretscan; print('detect_secrets' in sys.modules)"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert out.stdout.strip() == "False"
 
