@@ -39,7 +39,8 @@ from convosyncd.watcher import DraftWatcher
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 2.0
-BACKOFF_CAP = 300.0
+BACKOFF_CAP = 60.0
+"""Longest wait between retries: a remote that comes back is used within a minute."""
 WORKERS = 8
 
 
@@ -275,9 +276,16 @@ class Daemon:
         failed_before = entry.poll_failures
         entry.poll_failures = 0 if result.ok else entry.poll_failures + 1
         if failed_before or entry.poll_failures:
-            self._schedule_poll(entry, delay=self._poll_interval(entry))
-        if result.pending:
-            self._schedule_push(entry)
+            # Each cycle also pushes, so a failing repo backs off as a whole.
+            delay = self._poll_interval(entry)
+            if entry.poll_failures:
+                log.info(
+                    "%s: %d handoff(s) waiting; next attempt in %.1f s",
+                    entry.sync.repo.path,
+                    result.pending,
+                    delay,
+                )
+            self._schedule_poll(entry, delay=delay)
         if result.publish_at is not None:
             self._schedule_publish(entry, at=result.publish_at)
 
@@ -329,6 +337,12 @@ class Daemon:
 
     def _schedule_push(self, entry: _Repo) -> None:
         delay = backoff_delay(max(1, entry.push_failures))
+        log.info(
+            "%s: %d handoff(s) wait on the local sync branch; next push in %.1f s",
+            entry.sync.repo.path,
+            entry.sync.state.pending,
+            delay,
+        )
         self._submit(
             self._push,
             f"push:{entry.key}",
@@ -347,11 +361,6 @@ class Daemon:
         except ConvosyncError as error:
             entry.push_failures += 1
             entry.sync.fail(error)
-            log.warning(
-                "%s: %d handoff(s) wait on the local sync branch; retrying the push",
-                entry.sync.repo.path,
-                entry.sync.state.pending,
-            )
             self._schedule_push(entry)
         else:
             entry.push_failures = 0

@@ -11,12 +11,15 @@ never be stale, and publishing into a folder of ten thousand handoffs lists it o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TypeVar
 
 from convosyncd import merge
@@ -29,7 +32,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+STALE_LOCK_AGE = 10.0
+"""Seconds after which a lock on one of the daemon's own refs is taken to be abandoned."""
+_LOCK_RE = re.compile(r"Unable to create '(?P<path>[^']+\.lock)': File exists")
+
 BLOB_MODE = "100644"
+FILE_MODES = ("100644", "100755")
 _CACHE_SIZE = 64
 _LS_TREE_RE = re.compile(
     r"^(?P<mode>\d{6}) (?P<kind>\w+) (?P<oid>[0-9a-f]{40,64})\t(?P<name>.+)$", re.S
@@ -67,6 +75,7 @@ class SyncBranch:
         self._zero: str | None = None
         self._remote_known: str | None = None
         self._remote_known_read = False
+        self._common_dir: Path | None = None
 
     # -- reading --------------------------------------------------------------------
 
@@ -144,7 +153,8 @@ class SyncBranch:
         """The files of one device folder (by its tree id)."""
         if folder is None:
             return ()
-        return tuple(entry for entry in self.entries(folder) if entry.kind == "blob")
+        # Regular files only: a symbolic link or a submodule named like a handoff is not one.
+        return tuple(entry for entry in self.entries(folder) if entry.mode in FILE_MODES)
 
     def blob_size(self, oid: str) -> int:
         return int(self.git.out("cat-file", "-s", oid))
@@ -213,9 +223,10 @@ class SyncBranch:
     def move(self, new: str, expected: str | None, reason: str) -> bool:
         """Point the sync branch at ``new`` if it still is at ``expected``; False if not."""
         old = expected if expected is not None else self._zero_oid(new)
-        result = self.git.run(
-            "update-ref", "-m", f"convosyncd: {reason}", self.ref, new, old, check=False
-        )
+        args = ("update-ref", "-m", f"convosyncd: {reason}", self.ref, new, old)
+        result = self.git.run(*args, check=False)
+        if result.returncode != 0 and self._clear_stale_lock(result.stderr):
+            result = self.git.run(*args, check=False)
         if result.returncode == 0:
             return True
         if self.tip() != expected:
@@ -315,8 +326,46 @@ class SyncBranch:
 
     def record_remote_tip(self, commit: str) -> None:
         """Remember ``commit`` as the remote's tip (after a fetch or a push)."""
-        self.git.run("update-ref", self.remote_ref, commit)
+        result = self.git.run("update-ref", self.remote_ref, commit, check=False)
+        if result.returncode != 0 and self._clear_stale_lock(result.stderr):
+            result = self.git.run("update-ref", self.remote_ref, commit, check=False)
+        if result.returncode != 0:
+            raise GitError(
+                f"cannot update {self.remote_ref} in {self.git.worktree}: {result.stderr.strip()}"
+            )
         self._remote_known, self._remote_known_read = commit, True
+
+    def _clear_stale_lock(self, stderr: str) -> bool:
+        """Remove a lock git left on one of convosyncd's own refs; True if it did.
+
+        git leaves ``<ref>.lock`` behind when it dies while updating a ref (killed at
+        its time limit, or the machine lost power). Only locks on the daemon's own refs
+        are touched, only when older than :data:`STALE_LOCK_AGE`, and only while the
+        caller holds the repo's convosyncd lock, so no convosyncd process can be the
+        one holding it; the person's own locks are reported, never removed.
+        """
+        match = _LOCK_RE.search(stderr)
+        if match is None:
+            return False
+        lock = Path(match["path"])
+        try:
+            relative = lock.resolve().relative_to(self._git_dir())
+            age = time.time() - lock.stat().st_mtime
+        except (ValueError, OSError):
+            return False
+        ours = str(relative) == f"{self.ref}.lock" or str(relative).startswith("refs/convosync/")
+        if not ours or age < STALE_LOCK_AGE:
+            return False
+        log.warning("removing a stale lock %s (%.0f s old) left by a git that died", lock, age)
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        return True
+
+    def _git_dir(self) -> Path:
+        if self._common_dir is None:
+            common = Path(self.git.out("rev-parse", "--git-common-dir"))
+            self._common_dir = (self.git.worktree / common).resolve()
+        return self._common_dir
 
 
 def _push_status(porcelain: str, ref: str) -> str | None:

@@ -277,7 +277,7 @@ class RepoSync:
         """
         self.tree.check_exists()
         fresh = time.monotonic() - self._layout_checked < LAYOUT_RECHECK
-        if self._layout_checked and fresh and self.tree.folder.is_dir():
+        if self._layout_checked and fresh and self.tree.device_id.is_file():
             return
         with self._local():
             self.tree.prepare(self.device)

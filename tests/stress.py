@@ -1,0 +1,450 @@
+"""The fault campaign: ``python -m tests.stress`` runs it long and prints the report.
+
+Every campaign runs real ``convosyncd run`` subprocesses against real bare remotes in a
+temporary folder, injects one kind of fault over and over, and then counts: every
+handoff written carries a unique marker, and the remote (and every device) is searched
+for each marker afterwards. A marker found zero times is a lost handoff, more than once
+a duplicate. The quick sizes of the same campaigns run in the normal test suite
+(``tests/test_faults.py``); ``python -m tests.stress --quick`` prints their table too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.devices import (
+    DaemonProcess,
+    Device,
+    git,
+    handoff_text,
+    make_device,
+    make_remote,
+    wait_until,
+)
+
+MARKER_RE = re.compile(r"marker: (?P<marker>[a-z0-9-]+)")
+
+
+@dataclass
+class Outcome:
+    """One campaign's line in the report."""
+
+    campaign: str
+    faults: int
+    written: int
+    found: int
+    lost: int
+    duplicated: int
+    longest_recovery: float
+    notes: str = ""
+
+    def row(self) -> str:
+        return (
+            f"| {self.campaign} | {self.faults} | {self.written} | {self.found} | {self.lost} "
+            f"| {self.duplicated} | {self.longest_recovery:.2f} s | {self.notes} |"
+        )
+
+
+HEADER = (
+    "| campaign | faults injected | handoffs written | found | lost | duplicated "
+    "| longest recovery | notes |\n|---|---|---|---|---|---|---|---|"
+)
+
+
+def draft_with_marker(marker: str) -> str:
+    return handoff_text(f"Stress {marker}", fact=f"marker: {marker}")
+
+
+def markers_on(repo: Path, ref: str = "refs/heads/convosync") -> Counter[str]:
+    """How often each marker occurs in the handoffs at ``ref`` of ``repo``."""
+    listing = git(repo, "ls-tree", "-r", ref, check=False)
+    oids = [line.split()[2] for line in listing.splitlines() if line.split()[1] == "blob"]
+    if not oids:
+        return Counter()
+    batch = subprocess.run(
+        ["git", "cat-file", "--batch"],
+        cwd=repo,
+        input="\n".join(oids) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    return Counter(match["marker"] for match in MARKER_RE.finditer(batch))
+
+
+def tally(
+    campaign: str,
+    written: Sequence[str],
+    found: Counter[str],
+    faults: int,
+    recovery: float,
+    notes: str = "",
+) -> Outcome:
+    return Outcome(
+        campaign=campaign,
+        faults=faults,
+        written=len(written),
+        found=sum(1 for marker in written if found[marker] >= 1),
+        lost=sum(1 for marker in written if found[marker] == 0),
+        duplicated=sum(1 for marker in written if found[marker] > 1),
+        longest_recovery=recovery,
+        notes=notes,
+    )
+
+
+def _start(device: Device, *, wait_ready: bool = True) -> DaemonProcess:
+    if wait_ready:
+        return device.start()
+    log_path = device.root / f"daemon-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "convosyncd", "--config", str(device.config), "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+        )
+    return DaemonProcess(device, process, log_path)
+
+
+def _env() -> dict[str, str]:
+    from tests.support.devices import cli_env
+
+    return cli_env()
+
+
+def _kill(daemon: DaemonProcess) -> None:
+    daemon.process.kill()
+    daemon.process.wait(timeout=10)
+
+
+def _settled(device: Device, remote: Path) -> bool:
+    """The draft is taken in and the remote has everything the device has."""
+    if device.draft.exists():
+        return False
+    local = git(device.repo, "rev-parse", "-q", "--verify", "refs/heads/convosync", check=False)
+    theirs = git(remote, "rev-parse", "-q", "--verify", "refs/heads/convosync", check=False)
+    return bool(local) and local == theirs
+
+
+def kill9_campaign(root: Path, kills: int, seed: int = 1) -> Outcome:
+    """``kill -9`` at random moments while drafts are published, ``kills`` times."""
+    rng = random.Random(seed)
+    remote = make_remote(root)
+    device = make_device(root, remote, "desktop", settle=0.05, pull_interval=0.3)
+    written: list[str] = []
+    longest = 0.0
+    daemon = _start(device)
+    for number in range(kills):
+        marker = f"kill-{number}"
+        device.write_draft(draft_with_marker(marker))
+        written.append(marker)
+        time.sleep(rng.uniform(0.0, 0.4))
+        _kill(daemon)
+        restarted = time.monotonic()
+        # A fifth of the restarts are killed again before they are even ready.
+        if rng.random() < 0.2:
+            early = _start(device, wait_ready=False)
+            time.sleep(rng.uniform(0.0, 0.3))
+            _kill(early)
+        daemon = _start(device)
+        wait_until(lambda: _settled(device, remote), 60, f"recovery after kill {number}")
+        longest = max(longest, time.monotonic() - restarted)
+    assert daemon.stop() == 0
+    leftover = " (a draft was left behind)" if device.draft.exists() else ""
+    return tally(
+        "kill -9 while publishing",
+        written,
+        markers_on(remote),
+        kills,
+        longest,
+        f"restart after every kill; 20% killed again during start-up{leftover}",
+    )
+
+
+def concurrent_campaign(root: Path, rounds: int, devices: int = 3) -> Outcome:
+    """``devices`` devices publish at the same moment, ``rounds`` times."""
+    remote = make_remote(root)
+    crowd = [
+        make_device(root, remote, f"device{index}", settle=0.05, pull_interval=0.3)
+        for index in range(devices)
+    ]
+    daemons = [device.start() for device in crowd]
+    written: list[str] = []
+    longest = 0.0
+    try:
+        for number in range(rounds):
+            barrier = threading.Barrier(devices)
+            markers = [f"round-{number}-{device.name}" for device in crowd]
+
+            def write(device: Device, marker: str, barrier: threading.Barrier) -> None:
+                barrier.wait(timeout=10)
+                device.write_draft(draft_with_marker(marker))
+
+            threads = [
+                threading.Thread(target=write, args=(device, marker, barrier))
+                for device, marker in zip(crowd, markers, strict=True)
+            ]
+            start = time.monotonic()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            written += markers
+            wait_until(
+                lambda: not any(device.draft.exists() for device in crowd), 30, "drafts taken in"
+            )
+            longest = max(longest, time.monotonic() - start)
+        expected = len(written)
+        for device in crowd:
+            repo = device.repo
+            wait_until(
+                lambda: sum(markers_on(repo).values()) >= expected,  # noqa: B023 - used at once
+                90,
+                f"{device.name} to hold every handoff",
+            )
+        wait_until(lambda: sum(markers_on(remote).values()) >= expected, 90, "the remote")
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    gave_up = sum(len(re.findall(r"kept (changing|moving)", daemon.log())) for daemon in daemons)
+    conflicts = sum(_conflict_markers(device.repo) for device in crowd)
+    per_device = [markers_on(device.repo) for device in crowd]
+    mismatched = sum(1 for counts in per_device if counts != markers_on(remote))
+    return tally(
+        f"{devices} devices publishing at once",
+        written,
+        markers_on(remote),
+        rounds,
+        longest,
+        f"{rounds} rounds; cycles that gave up: {gave_up}; conflict markers: {conflicts}; "
+        f"devices differing from the remote: {mismatched}",
+    )
+
+
+def _conflict_markers(repo: Path) -> int:
+    listing = git(repo, "ls-tree", "-r", "--name-only", "refs/heads/convosync", check=False)
+    count = 0
+    for path in listing.splitlines():
+        text = git(repo, "show", f"refs/heads/convosync:{path}", check=False)
+        count += text.count("<<<<<<<") + text.count(">>>>>>>")
+    return count
+
+
+@contextmanager
+def silent_listener() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except (TimeoutError, OSError):
+                continue
+            accepted.append(connection)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        server.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def outage_campaign(root: Path, kind: str, outage: float, drafts: int) -> Outcome:
+    """The remote unreachable for ``outage`` seconds: a moved folder, a refusing port, or a
+    listener that accepts and never answers. Drafts keep being taken in meanwhile."""
+    remote = make_remote(root)
+    device = make_device(root, remote, "desktop", pull_interval=0.5, network_timeout=2.0)
+    url = str(remote)
+    daemon = device.start()
+    written: list[str] = []
+    delays: list[float] = []
+    with silent_listener() as silent_port:
+        try:
+            if kind == "moved":
+                remote.rename(root / "elsewhere.git")
+            elif kind == "refused":
+                git(
+                    device.repo,
+                    "remote",
+                    "set-url",
+                    "origin",
+                    f"http://127.0.0.1:{_closed_port()}/a.git",
+                )
+            else:
+                git(
+                    device.repo,
+                    "remote",
+                    "set-url",
+                    "origin",
+                    f"http://127.0.0.1:{silent_port}/a.git",
+                )
+            began = time.monotonic()
+            for number in range(drafts):
+                marker = f"outage-{kind}-{number}"
+                device.write_draft(draft_with_marker(marker))
+                written.append(marker)
+                wait_until(
+                    lambda: not device.draft.exists(), 10, "the draft taken in while offline"
+                )
+                time.sleep(max(0.0, outage / drafts - 0.3))
+            wait_until(
+                lambda: device.status()["repos"][0]["pending"] == drafts,
+                30,
+                f"status to show {drafts} waiting",
+            )
+            remaining = outage - (time.monotonic() - began)
+            if remaining > 0:
+                time.sleep(remaining)
+            if kind == "moved":
+                (root / "elsewhere.git").rename(remote)
+            else:
+                git(device.repo, "remote", "set-url", "origin", url)
+            back = time.monotonic()
+            wait_until(lambda: _settled(device, remote), 120, "the push after the remote returned")
+            recovery = time.monotonic() - back
+        finally:
+            daemon.stop()
+    delays = [float(value) for value in re.findall(r"next attempt in ([0-9.]+) s", daemon.log())]
+    capped = max(delays, default=0.0)
+    return tally(
+        f"remote unreachable ({kind}) for {outage:.0f} s",
+        written,
+        markers_on(remote),
+        1,
+        recovery,
+        f"{len(delays)} retries, longest wait {capped:.1f} s (cap 60 s); "
+        f"status showed {drafts} waiting",
+    )
+
+
+@dataclass
+class InputCase:
+    """One hostile or broken input and how it was handled."""
+
+    kind: str
+    handling: str
+    ok: bool
+
+    def row(self) -> str:
+        return f"| {self.kind} | {self.handling} | {'✓' if self.ok else '✗'} |"
+
+
+INPUT_HEADER = "| input | how it was handled | nothing lost, others kept syncing |\n|---|---|---|"
+
+
+def run_campaign(quick: bool) -> tuple[list[Outcome], list[InputCase]]:
+    """Every campaign, at the quick or the long size."""
+    from tests.hostile import hostile_inputs
+
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory(prefix="convosyncd-stress-") as folder:
+        root = Path(folder)
+
+        def fresh(name: str) -> Path:
+            path = root / name
+            path.mkdir()
+            return path
+
+        outcomes.append(kill9_campaign(fresh("kill"), kills=15 if quick else 120))
+        outcomes.append(concurrent_campaign(fresh("crowd"), rounds=5 if quick else 30))
+        for kind in ("moved", "refused", "silent"):
+            outcomes.append(
+                outage_campaign(
+                    fresh(f"outage-{kind}"),
+                    kind,
+                    outage=6.0 if quick else 150.0,
+                    drafts=3 if quick else 10,
+                )
+            )
+        cases = hostile_inputs(fresh("inputs"))
+    return outcomes, cases
+
+
+def render(outcomes: Sequence[Outcome], cases: Sequence[InputCase]) -> str:
+    lines = [HEADER, *(outcome.row() for outcome in outcomes), "", INPUT_HEADER]
+    lines += [case.row() for case in cases]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.stress", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the sizes the test suite uses")
+    args = parser.parse_args(argv)
+    from tests.support.devices import REPO_ROOT
+
+    os.chdir(REPO_ROOT)
+    started = time.monotonic()
+    with _hermetic():
+        outcomes, cases = run_campaign(args.quick)
+    print(render(outcomes, cases))
+    print(f"\n{time.monotonic() - started:.0f} s in all; git {git(Path.cwd(), '--version')}")
+    bad = any(o.lost or o.duplicated for o in outcomes) or not all(c.ok for c in cases)
+    return 1 if bad else 0
+
+
+@contextmanager
+def _hermetic() -> Iterator[None]:
+    """The same isolation as the test suite: a throwaway HOME and git config."""
+    saved = dict(os.environ)
+    home = Path(tempfile.mkdtemp(prefix="convosyncd-stress-home-"))
+    try:
+        for name in list(os.environ):
+            if name.startswith(("GIT_", "XDG_", "CONVOSYNC_")) or name in (
+                "DBUS_SESSION_BUS_ADDRESS",
+                "DISPLAY",
+                "SSH_AUTH_SOCK",
+                "NOTIFY_SOCKET",
+            ):
+                del os.environ[name]
+        os.environ["HOME"] = str(home)
+        os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
+        os.environ["GIT_CONFIG_GLOBAL"] = str(home / ".gitconfig")
+        (home / ".gitconfig").write_text(
+            "[user]\n\tname = Stress\n\temail = stress@example.invalid\n"
+            "[init]\n\tdefaultBranch = main\n",
+            encoding="utf-8",
+        )
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""The fault campaign at its quick size: nothing lost, nothing duplicated, nothing hung.
+
+``python -m tests.stress`` runs the same campaigns long (120 kills, 30 rounds, outages
+of minutes) and prints the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.hostile import hostile_inputs
+from tests.stress import concurrent_campaign, kill9_campaign, outage_campaign
+
+
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    outcome = kill9_campaign(tmp_path, kills=12, seed=7)
+    assert outcome.written == 12
+    assert (outcome.lost, outcome.duplicated) == (0, 0), outcome
+    assert "left behind" not in outcome.notes
+
+
+def test_three_devices_publishing_at_once_converge(tmp_path: Path) -> None:
+    outcome = concurrent_campaign(tmp_path, rounds=4)
+    assert (outcome.written, outcome.lost, outcome.duplicated) == (12, 0, 0), outcome
+    assert "gave up: 0; conflict markers: 0; devices differing from the remote: 0" in outcome.notes
+
+
+@pytest.mark.parametrize("kind", ["moved", "refused", "silent"])
+def test_an_unreachable_remote_queues_and_catches_up(tmp_path: Path, kind: str) -> None:
+    outcome = outage_campaign(tmp_path, kind, outage=5.0, drafts=2)
+    assert (outcome.written, outcome.lost, outcome.duplicated) == (2, 0, 0), outcome
+    assert outcome.longest_recovery < 30, outcome
+
+
+def test_hostile_input_is_refused_clearly_and_loses_nothing(tmp_path: Path) -> None:
+    cases = hostile_inputs(tmp_path)
+    assert len(cases) >= 12
+    failed = [case.row() for case in cases if not case.ok]
+    assert not failed, "\n".join(failed)
