@@ -168,13 +168,19 @@ def kill9_campaign(root: Path, kills: int, seed: int = 1) -> Outcome:
         longest = max(longest, time.monotonic() - restarted)
     assert daemon.stop() == 0
     leftover = " (a draft was left behind)" if device.draft.exists() else ""
+    logs = "".join(
+        path.read_text(encoding="utf-8", errors="replace")
+        for path in device.root.glob("daemon-*.log")
+    )
+    between = logs.count("already published as")
     return tally(
         "kill -9 while publishing",
         written,
         markers_on(remote),
         kills,
         longest,
-        f"restart after every kill; 20% killed again during start-up{leftover}",
+        f"restart after every kill; 20% killed again during start-up; {between} kills fell "
+        f"between the ref update and the draft's removal{leftover}",
     )
 
 

@@ -175,3 +175,20 @@ def test_status_json_is_valid_with_no_repos(tmp_path: Path) -> None:
     result = run_cli("--config", str(tmp_path / "none.toml"), "status", "--json")
     assert result.returncode == 0
     assert json.loads(result.stdout)["repos"] == []
+
+
+def test_a_poll_with_nothing_new_asks_for_the_tip_and_fetches_nothing(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    laptop = make_device(tmp_path, remote, "laptop")
+    desktop.write_draft(handoff_text("Something"))
+    assert desktop.cli("sync").returncode == 0
+    trace = tmp_path / "trace.txt"
+    assert laptop.cli("sync", env={"GIT_TRACE": str(trace)}).returncode == 0
+    assert "built-in: git fetch " in trace.read_text(encoding="utf-8"), "the first poll fetches"
+    trace.unlink()
+    assert laptop.cli("sync", env={"GIT_TRACE": str(trace)}).returncode == 0
+    commands = trace.read_text(encoding="utf-8")
+    assert "built-in: git ls-remote " in commands
+    assert "git fetch" not in commands and "git push" not in commands

@@ -251,3 +251,49 @@ def test_status_while_running_shows_pending_handoffs_when_the_remote_is_gone(
 
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def inotify_watches(pid: int) -> int:
+    count = 0
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            count += fdinfo.read_text(encoding="utf-8").count("inotify wd:")
+        except OSError:
+            continue
+    return count
+
+
+def test_one_watch_per_repo_never_a_whole_work_tree(tmp_path: Path, remote: Path) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    others = [make_device(tmp_path, remote, f"clone{n}", register=False) for n in range(2)]
+    for other in others:
+        for folder in ("src/a", "src/b", "docs"):
+            (other.repo / folder).mkdir(parents=True)
+    desktop.write_config(repos=[desktop.repo, *(other.repo for other in others)])
+    daemon = desktop.start()
+    try:
+        wait_until(
+            lambda: inotify_watches(daemon.process.pid) == 4, 10, "3 repo watches + 1 config"
+        )
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_hanging_remote_does_not_hold_up_another_repo(tmp_path: Path, remote: Path) -> None:
+    from tests.stress import silent_listener
+
+    desktop = make_device(tmp_path, remote, "desktop", network_timeout=8.0, pull_interval=0.5)
+    stuck = make_device(tmp_path, make_remote(tmp_path, "stuck.git"), "stuck", register=False)
+    desktop.write_config(repos=[stuck.repo, desktop.repo])
+    with silent_listener() as port:
+        git(stuck.repo, "remote", "set-url", "origin", f"http://127.0.0.1:{port}/x.git")
+        daemon = desktop.start()
+        try:
+            stuck.write_draft(handoff_text("Stuck behind a silent remote"))
+            time.sleep(1.0)
+            desktop.write_draft(handoff_text("Not held up"))
+            took = wait_until(lambda: bool(on_remote(remote)), 10, "the healthy repo's push")
+            assert took < 5
+            assert not stuck.draft.exists(), "the stuck repo's draft is still taken in"
+        finally:
+            assert daemon.stop(timeout=30) == 0
