@@ -15,9 +15,7 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,6 +34,7 @@ from tests.support.devices import (
     make_remote,
     wait_until,
 )
+from tests.support.network import closed_port, silent_listener
 
 MARKER_RE = re.compile(r"marker: (?P<marker>[a-z0-9-]+)")
 
@@ -108,27 +107,6 @@ def tally(
     )
 
 
-def _start(device: Device, *, wait_ready: bool = True) -> DaemonProcess:
-    if wait_ready:
-        return device.start()
-    log_path = device.root / f"daemon-{time.monotonic_ns()}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "convosyncd", "--config", str(device.config), "run"],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=_env(),
-        )
-    return DaemonProcess(device, process, log_path)
-
-
-def _env() -> dict[str, str]:
-    from tests.support.devices import cli_env
-
-    return cli_env()
-
-
 def _kill(daemon: DaemonProcess) -> None:
     daemon.process.kill()
     daemon.process.wait(timeout=10)
@@ -150,7 +128,7 @@ def kill9_campaign(root: Path, kills: int, seed: int = 1) -> Outcome:
     device = make_device(root, remote, "desktop", settle=0.05, pull_interval=0.3)
     written: list[str] = []
     longest = 0.0
-    daemon = _start(device)
+    daemon = device.start()
     for number in range(kills):
         marker = f"kill-{number}"
         device.write_draft(draft_with_marker(marker))
@@ -160,10 +138,10 @@ def kill9_campaign(root: Path, kills: int, seed: int = 1) -> Outcome:
         restarted = time.monotonic()
         # A fifth of the restarts are killed again before they are even ready.
         if rng.random() < 0.2:
-            early = _start(device, wait_ready=False)
+            early = DaemonProcess.start(device, wait_ready=False)
             time.sleep(rng.uniform(0.0, 0.3))
             _kill(early)
-        daemon = _start(device)
+        daemon = device.start()
         wait_until(lambda: _settled(device, remote), 60, f"recovery after kill {number}")
         longest = max(longest, time.monotonic() - restarted)
     assert daemon.stop() == 0
@@ -253,43 +231,6 @@ def _conflict_markers(repo: Path) -> int:
     return count
 
 
-@contextmanager
-def silent_listener() -> Iterator[int]:
-    """A loopback port that accepts connections and never says a word."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                connection, _ = server.accept()
-            except (TimeoutError, OSError):
-                continue
-            accepted.append(connection)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join()
-        for connection in accepted:
-            connection.close()
-        server.close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def outage_campaign(root: Path, kind: str, outage: float, drafts: int) -> Outcome:
     """The remote unreachable for ``outage`` seconds: a moved folder, a refusing port, or a
     listener that accepts and never answers. Drafts keep being taken in meanwhile."""
@@ -309,7 +250,7 @@ def outage_campaign(root: Path, kind: str, outage: float, drafts: int) -> Outcom
                     "remote",
                     "set-url",
                     "origin",
-                    f"http://127.0.0.1:{_closed_port()}/a.git",
+                    f"http://127.0.0.1:{closed_port()}/a.git",
                 )
             else:
                 git(

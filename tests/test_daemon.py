@@ -19,6 +19,7 @@ from tests.support.devices import (
     run_cli,
     wait_until,
 )
+from tests.support.network import silent_listener
 
 
 @pytest.fixture
@@ -280,8 +281,6 @@ def test_one_watch_per_repo_never_a_whole_work_tree(tmp_path: Path, remote: Path
 
 
 def test_a_hanging_remote_does_not_hold_up_another_repo(tmp_path: Path, remote: Path) -> None:
-    from tests.stress import silent_listener
-
     desktop = make_device(tmp_path, remote, "desktop", network_timeout=8.0, pull_interval=0.5)
     stuck = make_device(tmp_path, make_remote(tmp_path, "stuck.git"), "stuck", register=False)
     desktop.write_config(repos=[stuck.repo, desktop.repo])

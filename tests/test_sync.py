@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from convosyncd import config as configs
 from convosyncd.notify import Notifier
 from convosyncd.sync import RepoSync
 from tests.support.devices import Device, git, handoff_text, make_device, make_remote, snapshot
+from tests.support.network import silent_listener
 
 
 def engine(device: Device, **overrides: Any) -> RepoSync:
@@ -320,37 +320,15 @@ def test_git_never_prompts_for_a_password(desktop: Device, password_server: str)
 
 
 @pytest.fixture
-def silent_listener() -> Iterator[int]:
-    """A loopback port that accepts connections and never says a word."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                connection, _ = server.accept()
-            except (TimeoutError, OSError):
-                continue
-            accepted.append(connection)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for connection in accepted:
-        connection.close()
-    server.close()
+def silent_port() -> Iterator[int]:
+    with silent_listener() as port:
+        yield port
 
 
 def test_a_remote_that_never_answers_costs_the_time_limit_not_a_hang(
-    desktop: Device, silent_listener: int
+    desktop: Device, silent_port: int
 ) -> None:
-    git(desktop.repo, "remote", "set-url", "origin", f"http://127.0.0.1:{silent_listener}/app.git")
+    git(desktop.repo, "remote", "set-url", "origin", f"http://127.0.0.1:{silent_port}/app.git")
     sync = engine(desktop, network_timeout=1.0)
     desktop.write_draft(handoff_text("Still taken in"))
     start = time.monotonic()

@@ -227,7 +227,9 @@ class DaemonProcess:
     log_path: Path
 
     @classmethod
-    def start(cls, device: Device, env: Mapping[str, str] | None = None) -> DaemonProcess:
+    def start(
+        cls, device: Device, env: Mapping[str, str] | None = None, *, wait_ready: bool = True
+    ) -> DaemonProcess:
         log_path = device.root / f"daemon-{time.monotonic_ns()}.log"
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
@@ -238,7 +240,8 @@ class DaemonProcess:
                 env=cli_env(env),
             )
         daemon = cls(device, process, log_path)
-        daemon.wait_for_log("running as device", timeout=20)
+        if wait_ready:
+            daemon.wait_for_log("running as device", timeout=20)
         return daemon
 
     def log(self) -> str:
