@@ -197,10 +197,10 @@ class RepoSync:
         if isinstance(problem, ConvosyncError):
             return problem
         if isinstance(problem, OSError):
-            return ConvosyncError(f"{self.repo.path}: {problem}")
+            return ConvosyncError(str(problem))
         log.exception("%s: unexpected error", self.repo.path)
         return ConvosyncError(
-            f"{self.repo.path}: unexpected {type(problem).__name__}: {problem} "
+            f"unexpected {type(problem).__name__}: {problem} "
             "(the log has the details; please report it)"
         )
 
@@ -361,7 +361,7 @@ class RepoSync:
                 break
         else:
             raise ConvosyncError(
-                f"{self.repo.path}: the sync branch kept changing while publishing; "
+                "the sync branch kept changing while publishing; "
                 "the draft stays and will be published on the next try"
             )
         log.info("%s: published %s/%s (%s)", self.repo.path, self.device, name, task)
@@ -475,7 +475,7 @@ class RepoSync:
                 self.branch.record_remote_tip(remote_tip)
             if not self.branch.has_commit(remote_tip):
                 raise GitError(
-                    f"{self.repo.path}: fetched {self.repo.remote} but its {self.repo.branch} "
+                    f"fetched {self.repo.remote} but its {self.repo.branch} "
                     f"commit {remote_tip[:12]} is still missing; run `git -C {self.repo.path} "
                     f"fetch {self.repo.remote}` to see why"
                 )
@@ -513,9 +513,7 @@ class RepoSync:
                 log.info("%s: merged the remote's handoffs with this device's", self.repo.path)
                 break
         else:
-            raise ConvosyncError(
-                f"{self.repo.path}: the sync branch kept changing while merging; will retry"
-            )
+            raise ConvosyncError("the sync branch kept changing while merging; will retry")
         tip = self.branch.tip()
         self.state.local_tip = tip
         return tip
@@ -538,9 +536,7 @@ class RepoSync:
                     return True
                 if not outcome.rejected:
                     self._update_pending()
-                    raise GitError(
-                        f"{self.repo.path}: push to {self.repo.remote} failed: {outcome.message}"
-                    )
+                    raise GitError(f"push to {self.repo.remote} failed: {outcome.message}")
                 log.info("%s: push rejected (another device pushed first); merging", self.repo.path)
                 self.branch.fetch()
                 remote = self.branch.remote_known_tip()
@@ -548,9 +544,7 @@ class RepoSync:
                     with self._local():
                         self._integrate(remote)
             self._update_pending()
-            raise ConvosyncError(
-                f"{self.repo.path}: the remote kept moving during {ATTEMPTS} pushes; will retry"
-            )
+            raise ConvosyncError(f"the remote kept moving during {ATTEMPTS} pushes; will retry")
 
     def _set_pending(self, count: int) -> None:
         with self._lock:
