@@ -14,6 +14,7 @@ another, so a remote that hangs for its full time limit never delays taking a dr
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 5
 """How often a publish, merge or push is retried when another writer moved the branch."""
+
+PUSH_ATTEMPTS = 12
+"""Pushes tried (fetching and merging in between) before a cycle leaves it to the next."""
 
 LAYOUT_RECHECK = 300.0
 """Seconds between full checks of ``.convosync/`` while it is there."""
@@ -519,9 +523,16 @@ class RepoSync:
         return tip
 
     def push(self) -> bool:
-        """Push the local sync branch if the remote lacks some of it; True if pushed."""
+        """Push the local sync branch if the remote lacks some of it; True if pushed.
+
+        A push rejected because another device pushed first is fetched, merged and
+        tried again, after a short random pause that grows with each try, so that
+        devices racing for the remote stop colliding instead of retrying in step.
+        """
         with self._net:
-            for _attempt in range(ATTEMPTS):
+            for attempt in range(PUSH_ATTEMPTS):
+                if attempt:
+                    time.sleep(random.uniform(0.0, 0.1 * attempt))  # noqa: S311 - jitter
                 local = self.branch.tip()
                 known = self.branch.remote_known_tip()
                 if local is None or local == known:
@@ -544,7 +555,9 @@ class RepoSync:
                     with self._local():
                         self._integrate(remote)
             self._update_pending()
-            raise ConvosyncError(f"the remote kept moving during {ATTEMPTS} pushes; will retry")
+            raise ConvosyncError(
+                f"the remote kept moving during {PUSH_ATTEMPTS} pushes; will retry"
+            )
 
     def _set_pending(self, count: int) -> None:
         with self._lock:
