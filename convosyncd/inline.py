@@ -179,10 +179,10 @@ class IndexLock:
     does itself) or by deleting it; never by deleting a lock someone else took after.
     """
 
-    def __init__(self, index: Path, wait: float = LOCK_WAIT) -> None:
+    def __init__(self, index: Path, wait: float | None = None) -> None:
         self.index = index
         self.path = index.with_name(index.name + ".lock")
-        self.wait = wait
+        self.wait = LOCK_WAIT if wait is None else wait
         self.held = False
 
     def __enter__(self) -> IndexLock:
