@@ -19,7 +19,15 @@ from convosyncd.errors import ConfigError
 from convosyncd.handoff import Handoff, render_plugin
 from convosyncd.notify import Notifier
 from convosyncd.sync import RepoSync
-from tests.support.devices import Device, git, handoff_text, make_device, make_remote, snapshot
+from tests.support.devices import (
+    Device,
+    git,
+    handoff_text,
+    make_device,
+    make_remote,
+    snapshot,
+    wait_until,
+)
 from tests.support.plugin_format import plugin_parse
 
 PATH = ".convosync/session-handoff.md"
@@ -388,4 +396,24 @@ def test_a_commit_whose_file_was_never_written_is_recognised_as_ours(
     cycle(desktop)
     assert inline_problem(desktop) == ""
     assert "### Current Task\nThree" in str(plugin_reads(desktop.repo)["laptop"]["content"])
+    assert status(desktop.repo) == ""
+
+
+def test_with_the_daemon_running_a_draft_reaches_the_plugin_only_device(
+    tmp_path: Path, desktop: Device, remote: Path
+) -> None:
+    daemon = desktop.start()
+    try:
+        desktop.write_draft(handoff_text("Through the daemon", fact=PIZZA))
+        wait_until(
+            lambda: git(remote, "log", "-1", "--format=%s", "main").startswith(
+                "convosync: handoff from desktop"
+            ),
+            timeout=20,
+            what="the handoff commit on the remote's main",
+        )
+    finally:
+        assert daemon.stop() == 0
+    phone = clone(remote, tmp_path / "phone")
+    assert PIZZA in str(plugin_reads(phone)["desktop"]["content"])
     assert status(desktop.repo) == ""
