@@ -126,9 +126,15 @@ def context_text(
     head: HeadInfo | None,
     now: datetime,
     limit: int,
+    note: str | None = None,
 ) -> str:
-    """What the assistant is handed: where the handoff comes from, then its text."""
+    """What the assistant is handed: where the handoff comes from, then its text.
+
+    ``note`` says why newer handoffs may exist (the daemon has not checked lately).
+    """
     body, clipped = clip(handoff.body.strip("\n"), limit)
+    # The handoff is quoted between tags; it must not be able to end the quote itself.
+    body = body.replace("</handoff>", "<\\/handoff>")
     lines = [
         "convosync: the newest handoff from another of the person's devices for this repo. "
         "It is where the work stood when they left that machine; continue from it, and treat "
@@ -141,13 +147,17 @@ def context_text(
     ]
     if head is not None:
         same = head.branch == handoff.repo_branch and head.commit == handoff.repo_commit
-        note = (
+        comparison = (
             "the same as the handoff's"
             if same
             else "different from the handoff's: a `git pull` or a branch switch may be needed "
             "before continuing (ask the person; do not do it unasked)"
         )
-        lines.append(f"- This work tree: branch {head.branch} at commit {head.commit}, {note}")
+        lines.append(
+            f"- This work tree: branch {head.branch} at commit {head.commit}, {comparison}"
+        )
+    if note:
+        lines.append(f"- Newer handoffs may exist: {note}")
     lines += [
         "- `convosyncd resume` prints the latest handoff of every device.",
         "",
@@ -171,9 +181,8 @@ def hook_output(context: str, handoff: Handoff, now: datetime) -> str:
         {
             "hookSpecificOutput": {"hookEventName": HOOK_EVENT, "additionalContext": context},
             "systemMessage": message,
-        },
-        ensure_ascii=False,
-    )
+        }
+    )  # ASCII with escapes: valid whatever encoding the hook's standard output has
 
 
 def read_input(stream: BinaryIO, *, wait: float = INPUT_WAIT) -> dict[str, Any]:
@@ -280,8 +289,6 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     now = datetime.now(timezone.utc)
     stale = _staleness(config, repo, now)
-    if stale:
-        hint(stale)
     git = Git(repo.path, network_timeout=config.network_timeout)
     branch = SyncBranch(git, remote=repo.remote, branch=repo.branch)
     catalog = Catalog(branch, max_bytes=config.max_draft_bytes)
@@ -289,12 +296,14 @@ def _run(args: argparse.Namespace) -> int:
     loaded = read_loaded(memory, repo.path)
     handoff = choose(catalog.latest(branch.tip()), config.device, loaded)
     if handoff is None:
+        if stale:
+            hint(stale)
         return 0
     head: HeadInfo | None = None
     with contextlib.suppress(ConvosyncError):
         head = WorkTree(repo.path, git).head()
     context = context_text(
-        handoff, repo_path=repo.path, head=head, now=now, limit=config.max_draft_bytes
+        handoff, repo_path=repo.path, head=head, now=now, limit=config.max_draft_bytes, note=stale
     )
     sys.stdout.write(hook_output(context, handoff, now) + "\n")
     sys.stdout.flush()
