@@ -31,7 +31,8 @@ APP_NAME = "convosync"
 CONFIG_ENV = "CONVOSYNC_CONFIG"
 
 SecretsPolicy = Literal["redact", "block"]
-RepoMode = Literal["branch"]
+RepoMode = Literal["branch", "inline"]
+REPO_MODES: tuple[RepoMode, ...] = ("branch", "inline")
 
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _REMOTE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
@@ -256,8 +257,12 @@ def _parse_repos(raw: Any, problems: list[str]) -> list[RepoConfig]:
             problems.append(f"'{where}.branch' is {branch!r}; expected a valid git branch name")
             continue
         mode = entry.get("mode", "branch")
-        if mode != "branch":
-            problems.append(f"'{where}.mode' is {mode!r}; expected \"branch\"")
+        if mode not in REPO_MODES:
+            problems.append(
+                f"'{where}.mode' is {mode!r}; expected \"branch\" (handoffs on the sync branch "
+                'only) or "inline" (also committed to your current branch for devices that '
+                "only have the original convosync plugin)"
+            )
             continue
         repos.append(RepoConfig(path=resolved, remote=remote, branch=branch, mode=mode))
     return repos

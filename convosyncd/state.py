@@ -55,6 +55,11 @@ class RepoState:
     notified_through: str | None = None
     initialized: bool = False
     notified_problems: list[str] = field(default_factory=list)
+    # mode = "inline": the last handoff commit on the person's branch, why the last one
+    # was not made or not pushed, and the branch whose handoff commit awaits a push.
+    last_inline: Event | None = None
+    inline_problem: Event | None = None
+    inline_unpushed: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -86,6 +91,8 @@ _EVENT_FIELDS = {
     "last_pull",
     "last_error",
     "draft_problem",
+    "last_inline",
+    "inline_problem",
 }
 
 

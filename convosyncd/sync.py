@@ -49,6 +49,7 @@ from convosyncd.handoff import (
     render_stored,
     task_line,
 )
+from convosyncd.inline import InlineBranch, Pushed
 from convosyncd.notify import Notifier
 from convosyncd.worktree import WorkTree
 
@@ -140,6 +141,11 @@ class RepoSync:
         self._first_seen: tuple[drafts.Signature, float] | None = None
         self._layout_checked = 0.0
         self._refreshed_tip: str | None = None
+        # mode = "inline": the handoffs file is also committed on the person's branch.
+        self.inline = (
+            InlineBranch(self.git, self.tree, repo.remote) if repo.mode == "inline" else None
+        )
+        self._inline_fresh = False
 
     @property
     def device(self) -> str:
@@ -193,6 +199,8 @@ class RepoSync:
             error = self._as_error(problem)
         try:
             arrived, notified = self.refresh()
+            if self._inline_fresh:
+                self.push_inline()
         except Exception as problem:
             error = error or self._as_error(problem)
         return self._conclude(error, published, pushed, arrived, notified, publish_at)
@@ -525,9 +533,17 @@ class RepoSync:
     def push(self) -> bool:
         """Push the local sync branch if the remote lacks some of it; True if pushed.
 
-        A push rejected because another device pushed first is fetched, merged and
-        tried again, after a short random pause that grows with each try, so that
-        devices racing for the remote stop colliding instead of retrying in step.
+        In mode inline, the handoff commit on the person's branch follows it.
+        """
+        pushed = self._push_sync_branch()
+        self.push_inline()
+        return pushed
+
+    def _push_sync_branch(self) -> bool:
+        """Push, fetching and merging when another device pushed first.
+
+        After a rejection the next try waits a short random pause that grows with each
+        try, so that devices racing for the remote stop colliding in step.
         """
         with self._net:
             for attempt in range(PUSH_ATTEMPTS):
@@ -614,6 +630,9 @@ class RepoSync:
         return names, tuple(notified)
 
     def _materialize(self, tip: str) -> None:
+        if self.inline is not None:
+            self._record_inline(tip)
+            return
         if MATERIALIZED_NAME in (self._tracked or set()):
             message = (
                 f"{self.tree.materialized} is tracked by git on your branch, so convosyncd "
@@ -626,3 +645,58 @@ class RepoSync:
         if self.tree.write_materialized(render_plugin(self.catalog.latest(tip))):
             log.debug("%s: wrote %s", self.repo.path, self.tree.materialized)
         self._refreshed_tip = tip
+
+    # -- mode inline -----------------------------------------------------------------
+
+    def _record_inline(self, tip: str) -> None:
+        """Commit ``session-handoff.md`` on the person's current branch (see :mod:`inline`)."""
+        assert self.inline is not None
+        outcome = self.inline.record(self.catalog.latest(tip), self.identity())
+        if outcome.status == "skipped":
+            # Tried again on the next refresh, until the reason has gone.
+            self._inline_problem(outcome.message)
+            return
+        if outcome.status == "committed":
+            log.info("%s: %s (mode inline)", self.repo.path, outcome.message)
+            self.state.last_inline = states.Event(now_text(), outcome.message)
+            self.state.inline_unpushed = outcome.branch
+            self._inline_fresh = True
+        self._clear_inline_problem("not committed")
+        self._refreshed_tip = tip
+        self._save()
+
+    def push_inline(self) -> bool:
+        """Push the handoff commit on the person's branch, if that is safe; True if pushed."""
+        branch = self.state.inline_unpushed
+        if self.inline is None or branch is None:
+            return False
+        with self._net:
+            try:
+                outcome = self.inline.push(branch)
+            except ConvosyncError as error:
+                outcome = Pushed("held", f"not pushed: {mask_credentials(str(error))}")
+        with self._lock:
+            self._inline_fresh = False
+            if outcome.status == "held":
+                self._inline_problem(outcome.message)
+                return False
+            if self.state.inline_unpushed == branch:
+                self.state.inline_unpushed = None
+            if outcome.status == "pushed":
+                log.info("%s: %s (mode inline)", self.repo.path, outcome.message)
+                self.state.last_inline = states.Event(now_text(), outcome.message)
+            self._clear_inline_problem("not pushed")
+            self._save()
+        return outcome.status == "pushed"
+
+    def _inline_problem(self, message: str) -> None:
+        problem = self.state.inline_problem
+        if problem is None or problem.message != message:
+            log.warning("%s: mode inline: %s", self.repo.path, message)
+            self.state.inline_problem = states.Event(now_text(), message)
+            self._save()
+
+    def _clear_inline_problem(self, kind: str) -> None:
+        problem = self.state.inline_problem
+        if problem is not None and problem.message.startswith(kind):
+            self.state.inline_problem = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -26,34 +25,9 @@ from convosyncd.handoff import (
     task_line,
 )
 from tests.support.devices import handoff_text
+from tests.support.plugin_format import plugin_parse
 
 WHEN = datetime(2026, 11, 23, 22, 45, 35, 123000, tzinfo=timezone.utc)
-
-
-def plugin_parse(content: str) -> list[dict[str, str | None]]:
-    """The parsing rules of the convosync plugin's /convosync:resume, restated."""
-    handoffs = []
-    for raw in re.split(r"^---\s*$", content, flags=re.MULTILINE):
-        section = raw.strip()
-        if not section or section.startswith("# ConvoSync"):
-            continue
-        device = re.search(r"^## Handoff from (.+?)$", section, re.MULTILINE)
-        if not device:
-            continue
-        found = {
-            key: (
-                m.group(1).strip()
-                if (m := re.search(rf"\*\*{key}:\*\* (.+?)$", section, re.MULTILINE))
-                else None
-            )
-            for key in ("Timestamp", "Commit", "Branch")
-        }
-        start = section.find("**Branch:**")
-        content_start = section.find("\n", start)
-        handoffs.append(
-            {"device": device.group(1).strip(), **found, "content": section[content_start:].strip()}
-        )
-    return handoffs
 
 
 def test_task_line_is_the_first_line_under_current_task() -> None:

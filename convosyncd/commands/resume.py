@@ -1,7 +1,7 @@
 """``convosyncd resume [PATH]``: the latest handoff of every other device, newest first.
 
 Reads the local sync branch only (the daemon keeps it current), so it is instant and
-works offline.
+works offline. ``--hook`` is the Claude Code session-start hook (:mod:`convosyncd.hook`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ def add_parser(subparsers: Any) -> None:
         type=Path,
         default=None,
         help="a registered repo (default: the one you are in)",
+    )
+    parser.add_argument(
+        "--hook",
+        action="store_true",
+        help="run as Claude Code's SessionStart hook: print the newest handoff from another "
+        "device that this device has not loaded yet, as the hook's JSON (nothing if none); "
+        "always exits 0",
     )
     parser.set_defaults(handler=run)
 
@@ -76,6 +83,10 @@ def render(handoffs: list[Handoff], now: datetime) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.hook:
+        from convosyncd import hook
+
+        return hook.run(args)
     config = configs.load(args.config)
     repo = find_repo(config, args.path)
     if not repo.path.is_dir():

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from convosyncd import logs
-from convosyncd.daemon import Daemon
 
 
 def add_parser(subparsers: Any) -> None:
@@ -15,5 +14,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the daemon pulls in watchdog, APScheduler and the sync engine, which
+    # every other command (the session-start hook above all) must not pay for.
+    from convosyncd.daemon import Daemon
+
     logs.setup(verbose=args.verbose, daemon=True)
     return Daemon(args.config).run()

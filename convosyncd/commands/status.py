@@ -10,6 +10,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from convosyncd import config as configs
+from convosyncd import plugin
 from convosyncd import state as states
 from convosyncd.config import Config
 
@@ -46,6 +47,7 @@ def collect(config: Config) -> dict[str, Any]:
                 "exists": repo.path.is_dir(),
                 "remote": repo.remote,
                 "branch": repo.branch,
+                "mode": repo.mode,
                 "pending": state.pending,
                 "last_publish": data["last_publish"],
                 "last_push": data["last_push"],
@@ -53,13 +55,17 @@ def collect(config: Config) -> dict[str, Any]:
                 "last_pull": data["last_pull"],
                 "last_error": data["last_error"],
                 "draft_problem": data["draft_problem"],
+                "last_inline": data["last_inline"],
+                "inline_problem": data["inline_problem"],
             }
         )
+    installed, plugin_message = plugin.installed_status()
     return {
         "device": config.device,
         "config": str(config.path),
         "state_dir": str(config.state_dir),
         "daemon_running": daemon_running(config),
+        "plugin": {"installed": installed, "message": plugin_message},
         "repos": repos,
     }
 
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     running = "running" if report["daemon_running"] else "not running (start it: convosyncd run)"
     print(f"device {report['device']} · daemon {running}")
     print(f"config {report['config']}")
+    print(f"plugin {report['plugin']['message']}")
     if not report["repos"]:
         print("no repos registered; add one with `convosyncd add PATH`")
     for repo in report["repos"]:
@@ -93,4 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  last error    {_event(repo['last_error'], 'none')}")
         if repo["draft_problem"]:
             print(f"  draft         {_event(repo['draft_problem'])}")
+        if repo["mode"] == "inline":
+            print(f"  inline        {_event(repo['last_inline'])}")
+            if repo["inline_problem"]:
+                print(f"  inline issue  {_event(repo['inline_problem'])}")
     return 0

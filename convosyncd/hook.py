@@ -1,0 +1,319 @@
+"""``convosyncd resume --hook``: the Claude Code ``SessionStart`` hook.
+
+At session start the plugin's hook runs this command with the project as its folder
+and the hook's JSON input on standard input. It hands the assistant the newest handoff
+from another device for this repo, once: on standard output as the hook's JSON
+(``hookSpecificOutput.additionalContext``), and remembers it so that the next session
+does not get it again. When there is nothing new it prints nothing.
+
+It must never spoil a session start: every problem (no config, an unregistered folder,
+no git, a broken state file) is one line on standard error and exit code 0. It must be
+fast: it reads the local sync branch only (the daemon keeps it current), never the
+network, and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+from convosyncd import config as configs
+from convosyncd import state as states
+from convosyncd.atomic import write_atomically
+from convosyncd.catalog import Catalog
+from convosyncd.commands.resume import find_repo
+from convosyncd.config import Config, RepoConfig
+from convosyncd.errors import ConvosyncError
+from convosyncd.gitcmd import Git
+from convosyncd.gitstore import SyncBranch
+from convosyncd.handoff import Handoff, describe_age, parse_time, plain_text
+from convosyncd.worktree import HeadInfo, WorkTree
+
+HOOK_EVENT = "SessionStart"
+INPUT_LIMIT = 1_048_576
+"""Bytes of hook input read at most; Claude Code sends a few hundred."""
+INPUT_WAIT = 0.5
+"""Seconds to wait for the hook input before going on without it."""
+REMEMBERED = 100
+"""How many loaded handoffs are remembered per repo."""
+STALE_AFTER = 600.0
+"""Seconds past ``3 * pull_interval`` after which the local copy is called stale."""
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Which handoffs this device has already handed to an assistant, for one repo."""
+
+    repo: str
+    keys: tuple[str, ...]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys
+
+    def adding(self, key: str) -> Loaded:
+        kept = tuple(item for item in self.keys if item != key)
+        return Loaded(self.repo, (*kept, key)[-REMEMBERED:])
+
+
+def key_of(handoff: Handoff) -> str:
+    """``desktop/20261123T224535.123Z-3f2a9c1d0e4b.md``: a handoff's identity."""
+    return f"{handoff.device}/{handoff.name}"
+
+
+def loaded_file(state_dir: Path, repo_path: Path) -> Path:
+    """Where the loaded handoffs of the repo at ``repo_path`` are remembered."""
+    return state_dir / "loaded" / states.state_file(state_dir, repo_path).name
+
+
+def read_loaded(path: Path, repo_path: Path) -> Loaded:
+    """The remembered handoffs; nothing remembered if the file is missing or unreadable."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return Loaded(str(repo_path), ())
+    except (OSError, ValueError) as error:
+        hint(f"ignoring the unreadable {path} ({error}); it is rewritten now")
+        return Loaded(str(repo_path), ())
+    keys = data.get("loaded") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or data.get("version") != VERSION:
+        hint(f"ignoring {path}: not a loaded-handoffs file of this version; it is rewritten now")
+        return Loaded(str(repo_path), ())
+    return Loaded(str(repo_path), tuple(str(key) for key in keys))
+
+
+def write_loaded(path: Path, loaded: Loaded, device: str) -> None:
+    """Remember ``loaded`` atomically."""
+    data = {"version": VERSION, "repo": loaded.repo, "device": device, "loaded": list(loaded.keys)}
+    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"), durable=False)
+
+
+def choose(handoffs: Iterable[Handoff], own_device: str, loaded: Loaded) -> Handoff | None:
+    """The newest handoff from another device, unless this device has loaded it already.
+
+    Only the newest counts: an older handoff that was never loaded has been overtaken
+    and would only bring stale context.
+    """
+    others = [handoff for handoff in handoffs if handoff.device != own_device]
+    if not others:
+        return None
+    newest = max(others, key=lambda handoff: (handoff.created, handoff.device, handoff.name))
+    return None if key_of(newest) in loaded else newest
+
+
+def clip(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text, False
+    return data[:limit].decode("utf-8", "ignore"), True
+
+
+def context_text(
+    handoff: Handoff,
+    *,
+    repo_path: Path,
+    head: HeadInfo | None,
+    now: datetime,
+    limit: int,
+    note: str | None = None,
+) -> str:
+    """What the assistant is handed: where the handoff comes from, then its text.
+
+    ``note`` says why newer handoffs may exist (the daemon has not checked lately).
+    """
+    body, clipped = clip(handoff.body.strip("\n"), limit)
+    # The handoff is quoted between tags; it must not be able to end the quote itself.
+    body = body.replace("</handoff>", "<\\/handoff>")
+    lines = [
+        "convosync: the newest handoff from another of the person's devices for this repo. "
+        "It is where the work stood when they left that machine; continue from it, and treat "
+        "its Important Context as things the person told you.",
+        "",
+        f"- From device: {handoff.device}",
+        f"- Written: {handoff.created_text} ({describe_age(handoff.created, now)})",
+        f"- On branch {handoff.repo_branch} at commit {handoff.repo_commit}",
+        f"- Repo: {repo_path}",
+    ]
+    if head is not None:
+        same = head.branch == handoff.repo_branch and head.commit == handoff.repo_commit
+        comparison = (
+            "the same as the handoff's"
+            if same
+            else "different from the handoff's: a `git pull` or a branch switch may be needed "
+            "before continuing (ask the person; do not do it unasked)"
+        )
+        lines.append(
+            f"- This work tree: branch {head.branch} at commit {head.commit}, {comparison}"
+        )
+    if note:
+        lines.append(f"- Newer handoffs may exist: {note}")
+    lines += [
+        "- `convosyncd resume` prints the latest handoff of every device.",
+        "",
+        f'<handoff device="{handoff.device}" written="{handoff.created_text}">',
+        body,
+        "</handoff>",
+    ]
+    if clipped:
+        lines.append(f"(cut at {limit} bytes; `convosyncd resume` prints the whole handoff)")
+    return "\n".join(lines) + "\n"
+
+
+def hook_output(context: str, handoff: Handoff, now: datetime) -> str:
+    """The hook's JSON: the context for the assistant and one line for the person."""
+    message = plain_text(
+        f"convosync: loaded the handoff from {handoff.device} "
+        f"({describe_age(handoff.created, now)}): {handoff.task}",
+        200,
+    )
+    return json.dumps(
+        {
+            "hookSpecificOutput": {"hookEventName": HOOK_EVENT, "additionalContext": context},
+            "systemMessage": message,
+        }
+    )  # ASCII with escapes: valid whatever encoding the hook's standard output has
+
+
+def read_input(stream: BinaryIO, *, wait: float = INPUT_WAIT) -> dict[str, Any]:
+    """The hook's JSON input, or ``{}`` when there is none, it is late, or it is not JSON.
+
+    A person running the command at a terminal sends nothing, and a caller that never
+    closes standard input must not hang the session start: the wait is bounded.
+    """
+    raw = _read_bounded(stream, wait)
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        hint("the hook input on standard input is not JSON; using the current folder")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_bounded(stream: BinaryIO, wait: float) -> bytes:
+    try:
+        if stream.isatty():
+            return b""
+        descriptor = stream.fileno()
+    except (OSError, ValueError):
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    deadline = time.monotonic() + wait
+    while size < INPUT_LIMIT:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            ready, _, _ = select.select([descriptor], [], [], remaining)
+        except (OSError, ValueError):
+            # Pipes cannot be waited on everywhere (Windows): read what comes.
+            return stream.read(INPUT_LIMIT - size)
+        if not ready:
+            break
+        chunk = os.read(descriptor, 65_536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def hint(message: str, stream: TextIO | None = None) -> None:
+    """One line on standard error; the session start goes on regardless."""
+    line = " ".join(message.split())
+    print(f"convosyncd (session-start hook): {line}", file=stream or sys.stderr)
+
+
+def start_folder(data: dict[str, Any], path: Path | None) -> Path:
+    """The folder the session starts in: an explicit PATH, the hook input's, or ours."""
+    if path is not None:
+        return path
+    cwd = data.get("cwd")
+    if isinstance(cwd, str) and cwd.strip():
+        return Path(cwd)
+    project = os.environ.get("CLAUDE_PROJECT_DIR")
+    return Path(project) if project else Path.cwd()
+
+
+def _staleness(config: Config, repo: RepoConfig, now: datetime) -> str | None:
+    """Why the local copy may be old, if it may be: the daemon has not checked lately."""
+    state, _fresh = states.load(states.state_file(config.state_dir, repo.path), repair=False)
+    if state.last_poll is None:
+        return (
+            f"convosyncd has never checked the remote for {repo.path}; handoffs from other "
+            "devices arrive while the daemon runs (convosyncd run)"
+        )
+    checked = parse_time(state.last_poll.time)
+    if checked is None:
+        return None
+    allowed = 3 * config.pull_interval + STALE_AFTER
+    if (now - checked).total_seconds() > allowed:
+        return (
+            f"convosyncd last checked the remote for {repo.path} {describe_age(checked, now)}; "
+            "is the daemon running (convosyncd status)?"
+        )
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """The hook: print the JSON or nothing, exit 0, whatever happens."""
+    try:
+        return _run(args)
+    except (ConvosyncError, OSError) as error:
+        hint(f"{error}; no handoff was loaded")
+    except Exception as error:
+        hint(f"unexpected {type(error).__name__}: {error}; no handoff was loaded")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    data = read_input(sys.stdin.buffer)
+    where = start_folder(data, args.path)
+    config = configs.load(args.config)
+    repo = find_repo(config, where)
+    if not repo.path.is_dir():
+        hint(f"the registered repo folder {repo.path} is missing; no handoff was loaded")
+        return 0
+    now = datetime.now(timezone.utc)
+    stale = _staleness(config, repo, now)
+    git = Git(repo.path, network_timeout=config.network_timeout)
+    branch = SyncBranch(git, remote=repo.remote, branch=repo.branch)
+    catalog = Catalog(branch, max_bytes=config.max_draft_bytes)
+    memory = loaded_file(config.state_dir, repo.path)
+    loaded = read_loaded(memory, repo.path)
+    handoff = choose(catalog.latest(branch.tip()), config.device, loaded)
+    if handoff is None:
+        if stale:
+            hint(stale)
+        return 0
+    head: HeadInfo | None = None
+    with contextlib.suppress(ConvosyncError):
+        head = WorkTree(repo.path, git).head()
+    context = context_text(
+        handoff, repo_path=repo.path, head=head, now=now, limit=config.max_draft_bytes, note=stale
+    )
+    sys.stdout.write(hook_output(context, handoff, now) + "\n")
+    sys.stdout.flush()
+    # Remember only once it is out: a handoff that never reached the assistant is
+    # handed over next time.
+    try:
+        write_loaded(memory, loaded.adding(key_of(handoff)), config.device)
+    except OSError as error:
+        hint(
+            f"cannot remember the loaded handoff in {memory} ({error.strerror}); "
+            "the next session gets it again"
+        )
+    return 0
