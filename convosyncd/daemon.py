@@ -31,6 +31,7 @@ from convosyncd.errors import AlreadyRunning, ConfigError, ConvosyncError
 from convosyncd.handoff import Notification, plain_text
 from convosyncd.notify import Notifier
 from convosyncd.sync import CycleResult, RepoSync
+from convosyncd.systemd_notify import NotifySocket, status_line
 from convosyncd.watcher import DraftWatcher
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,14 @@ def backoff_delay(
     return base * jitter
 
 
+def _remote_url(sync: RepoSync) -> str:
+    """The remote's URL, for the log (which masks credentials), or ``?``."""
+    try:
+        return sync.git.run("remote", "get-url", sync.repo.remote, check=False).text or "?"
+    except ConvosyncError:
+        return "?"
+
+
 @dataclass
 class _Repo:
     sync: RepoSync
@@ -89,6 +98,7 @@ class Daemon:
         self._lock: FileLock | None = None
         self._scheduler: Any = None
         self._watcher = DraftWatcher(self._on_draft, self._on_layout, self._on_config_event)
+        self.service = NotifySocket()
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -137,11 +147,14 @@ class Daemon:
                 len(self.repos),
                 self.config_path,
             )
+            self.service.schedule(self._scheduler, self.summary)
+            self.service.ready(self.summary())
             if self.on_ready is not None:
                 self.on_ready(self)
             while not self.stopping.wait(3600):
                 pass
         finally:
+            self.service.stopping()
             log.info("stopping: finishing the work in flight")
             self._watcher.stop()
             if self._scheduler is not None and self._scheduler.running:
@@ -152,6 +165,10 @@ class Daemon:
                 self._lock.release()
             log.info("stopped")
         return 0
+
+    def summary(self) -> str:
+        """One line for the service manager (``systemctl --user status convosyncd``)."""
+        return status_line([entry.sync.state for entry in list(self.repos.values())])
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -184,7 +201,13 @@ class Daemon:
         self.repos[repo.path] = entry
         self._watcher.ensure(repo.path)
         self._schedule_poll(entry, delay=0)
-        log.info("watching %s (remote %s, branch %s)", repo.path, repo.remote, repo.branch)
+        log.info(
+            "watching %s (remote %s at %s, branch %s)",
+            repo.path,
+            repo.remote,
+            _remote_url(sync),
+            repo.branch,
+        )
 
     def _drop(self, path: Path) -> None:
         entry = self.repos.pop(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from convosyncd import config as configs
 from convosyncd import logs
 from convosyncd.daemon import Daemon
 
@@ -15,5 +16,5 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logs.setup(verbose=args.verbose, daemon=True)
+    logs.setup(verbose=args.verbose, daemon=True, state_dir=configs.load(args.config).state_dir)
     return Daemon(args.config).run()
