@@ -42,6 +42,8 @@ def add_parser(subparsers: Any) -> None:
 def run_install(args: argparse.Namespace) -> int:
     manager = service.manager_for()
     config = configs.load(args.config)
+    if manager == "launchd" and not (args.print or args.dry_run):
+        service.launchd_log_dir().mkdir(parents=True, exist_ok=True)
     if args.print:
         print(service.plan_install(args.config, manager).text, end="")
         return 0
@@ -55,7 +57,10 @@ def run_install(args: argparse.Namespace) -> int:
         return 0
     problem = service.manager_problem(manager)
     before = service.inspect(manager, config.state_dir)
-    if daemon_running(config) and before.running is not True:
+    # A service started next to a `convosyncd run` would find the state folder locked
+    # and exit 3 (which systemd does not restart).
+    foreground = daemon_running(config) and before.running is not True
+    if foreground and problem is None:
         raise UsageError(
             f"a `convosyncd run` outside the service is using the state folder "
             f"{config.state_dir}: stop it first (Ctrl-C in its terminal), then run "
@@ -73,6 +78,11 @@ def run_install(args: argparse.Namespace) -> int:
         print("  no repos are registered yet: `convosyncd add PATH` (the service picks it up)")
     if problem is not None:
         print(f"Not started: {problem}.")
+        if foreground:
+            print(
+                "A `convosyncd run` is running now with the same state folder: stop it "
+                "before starting the service."
+            )
         print("Where a user service manager runs (your desktop session), start it with:")
         for step in plan.start:
             print(f"  {step}")
