@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from convosyncd import service
+from convosyncd.errors import UsageError
 from convosyncd.logs import STDERR_SWITCH
 from tests.support.dbus_session import need_tool
 from tests.support.devices import Device, make_device, make_remote
@@ -242,7 +243,7 @@ def test_systemd_quote(word: str, quoted: str) -> None:
 
 
 def test_a_control_character_cannot_go_into_a_unit() -> None:
-    with pytest.raises(service.UsageError, match="control character"):
+    with pytest.raises(UsageError, match="control character"):
         service.systemd_quote("/tmp/a\nb")
 
 
