@@ -225,7 +225,10 @@ def server_information(timeout: float) -> tuple[str, ...]:
     from jeepney import DBusAddress, new_method_call
     from jeepney.io.blocking import open_dbus_connection
 
-    connection = open_dbus_connection(bus="SESSION", auth_timeout=timeout)
+    address = notify.session_bus_address()
+    if address is None:
+        raise ConnectionError("no session bus")
+    connection = open_dbus_connection(bus=address, auth_timeout=timeout)
     try:
         server = DBusAddress(
             "/org/freedesktop/Notifications",

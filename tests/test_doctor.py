@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -14,7 +15,7 @@ import pytest
 
 from convosyncd import doctor
 from tests.support.dbus_session import RecordingNotificationServer, env_for_bus, need_tool
-from tests.support.devices import Device, git, make_device, make_remote
+from tests.support.devices import Device, git, handoff_text, make_device, make_remote
 from tests.support.service_manager import silent_listener
 
 
@@ -226,3 +227,29 @@ def test_a_broken_config_is_one_line_and_stops_there(tmp_path: Path) -> None:
     assert not checks[1].ok
     assert "'settle' is 'soon'" in checks[1].detail and "'pull_interval'" in checks[1].detail
     assert "\n" not in checks[1].line()
+
+
+def test_the_user_bus_is_found_without_dbus_session_bus_address(
+    tmp_path: Path,
+    hermetic: Path,
+    session_bus: str,
+    notification_server: RecordingNotificationServer,
+) -> None:
+    """A user service may start without the variable; the bus is at $XDG_RUNTIME_DIR/bus."""
+    socket_path = session_bus.removeprefix("unix:path=").split(",")[0]
+    (tmp_path / "runtime" / "bus").symlink_to(socket_path)
+    remote = make_remote(tmp_path)
+    desktop = make_device(tmp_path, remote, "desktop")
+    laptop = make_device(tmp_path, remote, "laptop", notify=True, pull_interval=0.5)
+    assert "DBUS_SESSION_BUS_ADDRESS" not in os.environ
+    report = laptop.cli("doctor", "--json")
+    [check] = [c for c in json.loads(report.stdout)["checks"] if c["name"] == "notifications"]
+    assert check["ok"], check
+    daemon = laptop.start()
+    try:
+        desktop.write_draft(handoff_text("Through the user bus"))
+        assert desktop.cli("sync").returncode == 0
+        [note] = notification_server.wait_for(lambda notes: len(notes) >= 1, 15)
+        assert note["body"] == "app: Through the user bus"
+    finally:
+        assert daemon.stop() == 0
