@@ -382,7 +382,10 @@ def exec_start_program(unit_text: str) -> str | None:
     for line in unit_text.splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "ExecStart":
-            words = shlex.split(value.replace("%%", "%").replace("$$", "$"))
+            try:
+                words = shlex.split(value.replace("%%", "%").replace("$$", "$"))
+            except ValueError:  # an unbalanced quote, edited by hand
+                return None
             return words[0].lstrip("@-:+!") if words else None
     return None
 
@@ -419,9 +422,7 @@ def inspect(manager: Manager, state_dir: Path, home: Path | None = None) -> Serv
         if manager == "systemd":
             program = exec_start_program(path.read_text(encoding="utf-8", errors="replace"))
         else:
-            with path.open("rb") as handle:
-                arguments = plistlib.load(handle).get("ProgramArguments") or [None]
-            program = arguments[0] if isinstance(arguments[0], str) else None
+            program = _plist_program(path)
     program_ok = program is not None and _runnable(Path(program))
     running: bool | None = None
     state = "not installed" if not installed else "unknown"
@@ -461,6 +462,19 @@ def inspect(manager: Manager, state_dir: Path, home: Path | None = None) -> Serv
         manager_problem=problem,
         log=log,
     )
+
+
+def _plist_program(path: Path) -> str | None:
+    """The program an installed agent runs, or None if the plist does not say."""
+    try:
+        with path.open("rb") as handle:
+            agent = plistlib.load(handle)
+    except Exception:  # plistlib raises several types on a damaged file
+        return None
+    arguments = agent.get("ProgramArguments") if isinstance(agent, dict) else None
+    if isinstance(arguments, list) and arguments and isinstance(arguments[0], str):
+        return arguments[0]
+    return None
 
 
 def _systemd_properties(*names: str) -> dict[str, str]:

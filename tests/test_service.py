@@ -302,3 +302,27 @@ def test_launchd_rules_catch_what_plistlib_accepts(
     reloaded = plistlib.loads(plistlib.dumps(agent))
     problems = service.launchd_problems(reloaded)
     assert any(problem in found for found in problems), problems
+
+
+def test_a_hand_edited_unit_does_not_break_status() -> None:
+    assert service.exec_start_program('ExecStart="/usr/bin/convosyncd run\n') is None
+    assert service.exec_start_program("[Service]\nType=notify\n") is None
+    assert service.exec_start_program('ExecStart=-"/opt/my tools/convosyncd" run') == (
+        "/opt/my tools/convosyncd"
+    )
+
+
+def test_launchd_status_where_launchctl_cannot_run(tmp_path: Path) -> None:
+    if shutil.which("launchctl"):
+        pytest.skip("launchctl is here: this is the status of a machine without it")
+    home = tmp_path / "mac-home"
+    plan = service.plan_install(tmp_path / "config.toml", "launchd", home=home)
+    plan.path.parent.mkdir(parents=True)
+    plan.path.write_bytes(plan.content)
+    status = service.inspect("launchd", tmp_path / "state", home=home)
+    assert status.installed and status.program == plan.command[0] and status.program_ok
+    assert status.running is None
+    assert status.manager_problem == "launchctl is not on PATH"
+    assert str(tmp_path / "state" / "convosyncd.log") in status.log
+    plan.path.write_bytes(b"<plist><dict><key>Label</key>")
+    assert service.inspect("launchd", tmp_path / "state", home=home).program is None
