@@ -18,15 +18,17 @@ from convosyncd import __version__
 from convosyncd.commands import (
     add_remove,
     demo,
+    doctor,
     resume,
     run,
+    service,
     status,
     sync,
 )
 from convosyncd.config import default_config_path, default_state_dir
 from convosyncd.errors import ConvosyncError
 
-COMMANDS = (add_remove, run, sync, status, resume, demo)
+COMMANDS = (add_remove, run, sync, status, resume, service, doctor, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from convosyncd.errors import AlreadyRunning, ConfigError, ConvosyncError
 from convosyncd.handoff import Notification, plain_text
 from convosyncd.notify import Notifier
 from convosyncd.sync import CycleResult, RepoSync
+from convosyncd.systemd_notify import NotifySocket, status_line
 from convosyncd.watcher import DraftWatcher
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,14 @@ def backoff_delay(
     return base * jitter
 
 
+def _remote_url(sync: RepoSync) -> str:
+    """The remote's URL, for the log (which masks credentials), or ``?``."""
+    try:
+        return sync.git.run("remote", "get-url", sync.repo.remote, check=False).text or "?"
+    except ConvosyncError:
+        return "?"
+
+
 @dataclass
 class _Repo:
     sync: RepoSync
@@ -95,6 +104,7 @@ class Daemon:
         self._lock: FileLock | None = None
         self._scheduler: Any = None
         self._watcher = DraftWatcher(self._on_draft, self._on_layout, self._on_config_event)
+        self.service = NotifySocket()
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -143,10 +153,13 @@ class Daemon:
                 len(self.repos),
                 self.config_path,
             )
+            self.service.schedule(self._scheduler, self.summary)
+            self.service.ready(self.summary())
             if self.on_ready is not None:
                 self.on_ready(self)
             self._wait_for_signal()
         finally:
+            self.service.stopping()
             log.info("stopping: finishing the work in flight")
             with self._scheduling:
                 # From here on no job may schedule another: APScheduler's shutdown waits
@@ -183,6 +196,10 @@ class Daemon:
             reader.close()
             writer.close()
 
+    def summary(self) -> str:
+        """One line for the service manager (``systemctl --user status convosyncd``)."""
+        return status_line([entry.sync.state for entry in list(self.repos.values())])
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
         self.stopping.set()
@@ -214,7 +231,13 @@ class Daemon:
         self.repos[repo.path] = entry
         self._watcher.ensure(repo.path)
         self._schedule_poll(entry, delay=0)
-        log.info("watching %s (remote %s, branch %s)", repo.path, repo.remote, repo.branch)
+        log.info(
+            "watching %s (remote %s at %s, branch %s)",
+            repo.path,
+            repo.remote,
+            _remote_url(sync),
+            repo.branch,
+        )
 
     def _drop(self, path: Path) -> None:
         entry = self.repos.pop(path)

@@ -43,12 +43,24 @@ class Delivery:
     detail: str = ""
 
 
+def session_bus_address() -> str | None:
+    """``DBUS_SESSION_BUS_ADDRESS``, else the user bus at ``$XDG_RUNTIME_DIR/bus``.
+
+    libdbus, GLib and sd-bus all fall back to the user bus; jeepney does not, and a
+    systemd user service may be started without the variable.
+    """
+    explicit = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    if explicit:
+        return explicit
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime is not None and os.path.exists(os.path.join(runtime, "bus")):
+        return f"unix:path={os.path.join(runtime, 'bus')}"
+    return None
+
+
 def session_bus_available() -> bool:
     """Whether a desktop session bus is there to carry a notification at all."""
-    if os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
-        return True
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return runtime is not None and os.path.exists(os.path.join(runtime, "bus"))
+    return session_bus_address() is not None
 
 
 def server_problem(timeout: float) -> str | None:
@@ -58,13 +70,14 @@ def server_problem(timeout: float) -> str | None:
     itself (with ``jeepney``, a pure-Python D-Bus client, and a time limit) whether
     anybody owns ``org.freedesktop.Notifications``.
     """
-    if not session_bus_available():
+    address = session_bus_address()
+    if address is None:
         return "no desktop session bus (DBUS_SESSION_BUS_ADDRESS is unset)"
     from jeepney import DBusAddress, new_method_call
     from jeepney.io.blocking import open_dbus_connection
 
     try:
-        connection = open_dbus_connection(bus="SESSION", auth_timeout=timeout)
+        connection = open_dbus_connection(bus=address, auth_timeout=timeout)
     except Exception as error:
         return f"cannot connect to the session bus: {error}"
     try:

@@ -492,7 +492,16 @@ class RepoSync:
                     f"fetch {self.repo.remote}` to see why"
                 )
         with self._local():
-            self._integrate(remote_tip)
+            before = self.branch.tip()
+            after = self._integrate(remote_tip)
+        if after != before:
+            log.info(
+                "%s: pulled %s from %s (sync branch now at %s)",
+                self.repo.path,
+                self.repo.branch,
+                self.repo.remote,
+                (after or "")[:12],
+            )
         return remote_tip
 
     def _integrate(self, remote: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from convosyncd import config as configs
 from convosyncd import logs
 
 
@@ -18,5 +19,5 @@ def run(args: argparse.Namespace) -> int:
     # every other command (the session-start hook above all) must not pay for.
     from convosyncd.daemon import Daemon
 
-    logs.setup(verbose=args.verbose, daemon=True)
+    logs.setup(verbose=args.verbose, daemon=True, state_dir=configs.load(args.config).state_dir)
     return Daemon(args.config).run()
