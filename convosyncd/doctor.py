@@ -25,7 +25,7 @@ from convosyncd import config as configs
 from convosyncd import notify, service
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import ConfigError, ConvosyncError, GitError, GitTimeout
-from convosyncd.gitcmd import Git, mask_credentials, run_git
+from convosyncd.gitcmd import Git, error_summary, mask_credentials, run_git
 
 MINIMUM_GIT = (2, 9)
 """``core.hooksPath``, which keeps the person's hooks away from the sync branch."""
@@ -148,7 +148,7 @@ def check_remote(config: Config, repo: RepoConfig) -> Check:
             f"(`git -C {repo.path} ls-remote {repo.remote}` shows git's own view)",
         )
     except GitError as error:
-        detail = " / ".join(error.stderr.strip().splitlines()[-2:]) or str(error)
+        detail = error_summary(error.stderr) or str(error)
         return failed(
             name,
             f"{url} refused: {mask_credentials(detail)}",

@@ -130,7 +130,8 @@ _BOILERPLATE = (
 )
 
 
-def _last_lines(stderr: str, count: int = 3) -> str:
+def error_summary(stderr: str, count: int = 3) -> str:
+    """git's last few meaningful error lines on one line (its generic advice dropped)."""
     lines = [
         line.strip()
         for line in stderr.strip().splitlines()
@@ -188,7 +189,7 @@ def run_git(
     stderr = mask_credentials(stderr_bytes.decode("utf-8", "replace"))
     result = GitResult(tuple(args), process.returncode, stdout, stderr)
     if check and process.returncode != 0:
-        detail = _last_lines(stderr) or "no message"
+        detail = error_summary(stderr) or "no message"
         raise GitError(
             f"{shown} failed in {cwd} (exit {process.returncode}): {detail}",
             returncode=process.returncode,

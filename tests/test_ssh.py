@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,9 @@ def test_a_broken_ssh_setup_fails_at_once_and_resumes_when_fixed(
             f"status to show {expected!r}",
         )
         assert failed_after < 10, "an ssh problem must fail at once, not hang"
+        report = json.loads(ssh_device.cli("doctor", "--json", env=env).stdout)
+        [remote_check] = [c for c in report["checks"] if c["name"].startswith("remote origin")]
+        assert remote_check["ok"] is False and expected in remote_check["detail"]
         wait_until(lambda: not ssh_device.draft.exists(), 10, "the draft to be taken in")
         wait_until(
             lambda: ssh_device.status()["repos"][0]["pending"] == 1, 10, "one handoff queued"
