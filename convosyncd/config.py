@@ -104,6 +104,15 @@ class Config:
         wanted = _resolve(path)
         return next((repo for repo in self.repos if repo.path == wanted), None)
 
+    def repo_containing(self, path: Path) -> RepoConfig | None:
+        """The registered repo whose work tree holds ``path`` (the repo itself or inside)."""
+        where = _resolve(path)
+        for candidate in (where, *where.parents):
+            repo = self.repo_for(candidate)
+            if repo is not None:
+                return repo
+        return None
+
 
 def default_config_path() -> Path:
     """``$CONVOSYNC_CONFIG``, else ``<user config dir>/convosync/config.toml``."""

@@ -151,6 +151,15 @@ def test_sync_fails_for_a_broken_repo_and_still_syncs_the_others(
     assert good["last_error"] is None
 
 
+def test_sync_from_inside_a_repo_finds_it(tmp_path: Path, remote: Path) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    desktop.write_draft(handoff_text("From a sub-folder"))
+    (desktop.repo / "src").mkdir()
+    result = desktop.cli("sync", ".", cwd=desktop.repo / "src")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"✓ {desktop.repo}: published")
+
+
 def test_sync_of_an_unregistered_path_is_exit_2(tmp_path: Path, remote: Path) -> None:
     desktop = make_device(tmp_path, remote, "desktop")
     result = desktop.cli("sync", str(tmp_path))

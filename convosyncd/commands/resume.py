@@ -42,10 +42,9 @@ def add_parser(subparsers: Any) -> None:
 def find_repo(config: Config, path: Path | None) -> RepoConfig:
     """The registered repo holding ``path`` (default: the current folder)."""
     where = (path or Path.cwd()).expanduser().absolute()
-    for candidate in (where, *where.parents):
-        repo = config.repo_for(candidate)
-        if repo is not None:
-            return repo
+    repo = config.repo_containing(where)
+    if repo is not None:
+        return repo
     raise UsageError(
         f"{where} is not in a registered repo (config {config.path}): "
         f"`convosyncd add <top folder of the repo>` first"

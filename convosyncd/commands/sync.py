@@ -28,7 +28,7 @@ def selected(config: Config, paths: list[Path]) -> list[RepoConfig]:
         return list(config.repos)
     repos = []
     for path in paths:
-        repo = config.repo_for(path)
+        repo = config.repo_containing(path)
         if repo is None:
             raise UsageError(
                 f"{path.expanduser().absolute()} is not registered in {config.path}: "
