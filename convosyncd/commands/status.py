@@ -82,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    running = "running" if report["daemon_running"] else "not running (start it: convosyncd run)"
+    running = (
+        "running"
+        if report["daemon_running"]
+        else "not running (start it: convosyncd service install, or convosyncd run)"
+    )
     print(f"device {report['device']} · daemon {running}")
     print(f"config {report['config']}")
     print(f"plugin {report['plugin']['message']}")
