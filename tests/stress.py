@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _hermetic():
         outcomes, cases = run_campaign(args.quick)
     print(render(outcomes, cases))
-    print(f"\n{time.monotonic() - started:.0f} s in all; git {git(Path.cwd(), '--version')}")
+    print(f"\n{time.monotonic() - started:.0f} s in all; {git(Path.cwd(), '--version')}")
     bad = any(o.lost or o.duplicated for o in outcomes) or not all(c.ok for c in cases)
     return 1 if bad else 0
 
