@@ -40,6 +40,7 @@ class _Idle:
     first: procfs.ProcessSample
     last: procfs.ProcessSample
     peak_rss: int
+    polled: bool
     round: _Round | None
 
     def percent(self, seconds_used: float) -> float:
@@ -115,6 +116,7 @@ def measure(context: Context, repos: int) -> _Idle:
         first=first,
         last=last,
         peak_rss=max(point.rss for point in series),
+        polled=len(polled) >= repos,
         round=found,
     )
 
@@ -166,6 +168,18 @@ def run(context: Context) -> None:
                         f"own {seconds(idle.round.cpu_self)}, git "
                         f"{seconds(idle.round.cpu_children)}"
                     ),
+                )
+            )
+        elif idle.polled:
+            tick = seconds(1 / procfs.TICKS)
+            report.add(
+                Row(
+                    "idle",
+                    "one poll round: CPU (own + git)",
+                    condition,
+                    value=f"< {tick}",
+                    count=1,
+                    note=f"below the {tick} clock tick of /proc's CPU times",
                 )
             )
         else:
