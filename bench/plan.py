@@ -42,13 +42,13 @@ FULL = Plan(name="full", samples=30)
 
 QUICK = Plan(
     name="quick",
-    samples=10,
-    arrival_samples=6,
+    samples=8,
+    arrival_samples=5,
     arrival_lanes=3,
-    idle_repos=(1, 100),
-    idle_seconds=15.0,
+    idle_repos=(100,),
+    idle_seconds=10.0,
     history_per_commit=20,
-    startup_samples=5,
+    startup_samples=3,
     warmup=1,
 )
 

@@ -96,15 +96,19 @@ def seal(root: Path) -> None:
     )
 
 
-def git(cwd: Path, *args: str, input: bytes | None = None) -> str:
-    """Run git; its output without the final newline; BenchError if it fails."""
+def git(cwd: Path, *args: str, input: bytes | None = None, timeout: float | None = 600) -> str:
+    """Run git; its output without the final newline; BenchError if it fails.
+
+    ``timeout=None`` for the floor: with a time limit, ``subprocess`` waits for the
+    exit by polling with sleeps, a millisecond or so per command that git does not cost.
+    """
     result = subprocess.run(
         ["git", *args],
         cwd=cwd,
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
         capture_output=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
     if result.returncode != 0:
@@ -231,6 +235,20 @@ class Fleet:
             except FileNotFoundError:
                 continue
         return count
+
+    def first_save_since(self, moment: float) -> float:
+        """The earliest state save at or after ``moment``."""
+        saves = [file_mtime(path) for path in self.state_files()]
+        return min(save for save in saves if save >= moment)
+
+    def wait_until_quiet(self, quiet: float, timeout: float) -> None:
+        """Wait until no repo's state has been saved for ``quiet`` seconds."""
+
+        def still() -> bool:
+            latest = max(file_mtime(path) for path in self.state_files())
+            return time.time() - latest >= quiet
+
+        wait_for(still, timeout, "the daemon to fall quiet", interval=0.05)
 
     def wait_for_round(self, since: float, timeout: float) -> float:
         """Wait until every repo's state was saved at or after ``since``; the last save."""
@@ -369,14 +387,17 @@ class PlumbingPublisher:
         self.devices: dict[str, bytes] = {}
         self.top: dict[str, bytes] = {}
 
+    def _git(self, *args: str, input: bytes | None = None) -> str:
+        return git(self.repo, *args, input=input, timeout=None)
+
     def _mktree(self, lines: dict[str, bytes]) -> str:
-        return git(self.repo, "mktree", "-z", input=b"".join(lines.values()))
+        return self._git("mktree", "-z", input=b"".join(lines.values()))
 
     def commit(self, text: str) -> str:
         """Commit one handoff holding ``text`` on the local sync branch."""
         created = datetime.now(timezone.utc)
         name, data = stored_handoff(self.device, text, created)
-        blob = git(self.repo, "hash-object", "-w", "--stdin", input=data)
+        blob = self._git("hash-object", "-w", "--stdin", input=data)
         self.folder[name] = _tree_line("100644", "blob", blob, name)
         folder = self._mktree(self.folder)
         self.devices[self.device] = _tree_line("040000", "tree", folder, self.device)
@@ -385,13 +406,13 @@ class PlumbingPublisher:
         root = self._mktree(self.top)
         parents = ["-p", self.tip] if self.tip else []
         message = f"handoff({self.device}): {task_line(text)}"
-        commit = git(self.repo, "commit-tree", root, *parents, "-m", message)
-        git(self.repo, "update-ref", REF, commit, self.tip or "0" * 40)
+        commit = self._git("commit-tree", root, *parents, "-m", message)
+        self._git("update-ref", REF, commit, self.tip or "0" * 40)
         self.tip = commit
         return commit
 
     def push(self) -> None:
-        git(self.repo, "push", "--quiet", "--no-verify", self.remote, f"{self.tip}:{REF}")
+        self._git("push", "--quiet", "--no-verify", self.remote, f"{self.tip}:{REF}")
 
     def publish_draft(self, draft: Path) -> None:
         """What the daemon does for a draft, minus everything but git: read, commit, push."""

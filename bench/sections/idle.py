@@ -89,9 +89,13 @@ def measure(context: Context, repos: int) -> _Idle:
         before = world.ref_stamp(fleet.remotes[0])
         world.write_draft(device, f"idle-{repos}")
         world.wait_for_ref_change(fleet.remotes[0], before.value, 60, "the warm-up publish")
-        time.sleep(1.0)
-        fleet.wait_for_round(time.time(), interval + 60 + repos)
-        time.sleep(0.3)
+        fleet.wait_until_quiet(0.5, 60)
+        # One whole round, to learn how long a round lasts; then start the window half
+        # way between rounds, so that it holds exactly one round with room either side.
+        mark = time.time()
+        last_save = fleet.wait_for_round(mark, interval + 60 + repos)
+        duration = last_save - fleet.first_save_since(mark)
+        time.sleep(max(0.0, last_save + max(0.2, (interval - duration) / 2) - time.time()))
         context.say(f"idle: {repos} repo(s), watching the daemon for {interval:g} s")
         began_wall = time.time()
         first = procfs.sample(daemon.pid)
@@ -102,6 +106,14 @@ def measure(context: Context, repos: int) -> _Idle:
             series.append(procfs.sample(daemon.pid, detailed=False))
         last = procfs.sample(daemon.pid)
         series.append(last)
+        # Should the round have run past the window, follow it to its end (for its cost
+        # only; the averages are over the window).
+        give_up = time.monotonic() + interval
+        while fleet.polled_since(began_wall) < repos and time.monotonic() < give_up:
+            time.sleep(STEP)
+            series.append(procfs.sample(daemon.pid, detailed=False))
+        time.sleep(0.3)
+        series.append(procfs.sample(daemon.pid, detailed=False))
         saved = [world.file_mtime(path) for path in fleet.state_files()]
         polled = [moment for moment in saved if moment >= began_wall]
         found = _find_round(series, max(polled), began_wall) if len(polled) >= repos else None
