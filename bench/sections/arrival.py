@@ -6,10 +6,14 @@ file's modification time); device B's ``convosyncd run``, polling every
 ``time`` the recording server noted the notification and to the modification time of
 its ``.convosync/session-handoff.md``.
 
-A push lands at a uniformly random point of B's poll period (after each arrival the
-next push waits a random fraction of a period), so the expected latency is
-``pull_interval / 2`` plus the processing. Several independent lanes (a remote, an A
-and a B each) run side by side to gather samples of long intervals in less time.
+Where in B's poll period a push lands decides most of the latency, so the pushes are
+spread over the period: after an arrival (which follows one of B's polls by a steady
+processing time) the next push waits ``(k + u) / n`` of a period, ``u`` uniformly
+random in [0, 1), for ``k = 0 .. n-1`` in shuffled order. That is a uniformly random
+push time, stratified: the expected median is ``pull_interval / 2`` plus the
+processing, without most of the noise that a few dozen random phases would add.
+Several independent lanes (a remote, an A and a B each) run side by side to gather
+samples of long intervals in less time.
 """
 
 from __future__ import annotations
@@ -149,7 +153,13 @@ def run(context: Context) -> None:
 def _drive(
     lanes: list[_Lane], notes: _Notifications, wanted: int, warmup: int, *, with_notes: bool
 ) -> None:
-    """Push, wait for arrival, wait a random part of a period; until each interval is done."""
+    """Push, wait for arrival, wait part of a period; until each interval is done."""
+    offsets: dict[float, list[float]] = {}
+    for interval in {lane.interval for lane in lanes}:
+        counted = wanted - warmup
+        spread = [(index + random.random()) / counted * interval for index in range(counted)]
+        random.shuffle(spread)
+        offsets[interval] = spread
 
     def done(interval: float) -> bool:
         same = [lane for lane in lanes if lane.interval == interval]
@@ -171,7 +181,12 @@ def _drive(
                         lane.to_note.append(lane.note_at - lane.pushed_at)
                 lane.sent += 1
                 lane.marker = None
-                lane.next_push = time.monotonic() + random.uniform(0, lane.interval)
+                spread = offsets[lane.interval]
+                counted_next = lane.sent >= warmup
+                wait = spread.pop() if counted_next and spread else random.uniform(0, lane.interval)
+                # Counted from the arrival itself, not from when this loop noticed it.
+                arrived = time.monotonic() - max(0.0, time.time() - lane.file_at)
+                lane.next_push = arrived + wait
             elif now - lane.pushed_mono > 2 * lane.interval + EXTRA:
                 raise world.BenchError(
                     f"{lane.b.name} did not receive {lane.marker} within "
@@ -186,7 +201,10 @@ def _report(context: Context, lanes: list[_Lane], *, with_notes: bool) -> None:
         to_file = [value for lane in same for value in lane.to_file]
         to_note = [value for lane in same for value in lane.to_note]
         condition = f"pull_interval {interval:g} s"
-        expected = f"expected ≈ {seconds(interval / 2)} + processing; {len(same)} lane(s)"
+        expected = (
+            f"expected ≈ {seconds(interval / 2)} + processing; stratified phases, "
+            f"{len(same)} lane(s)"
+        )
         context.report.add(
             Row(
                 "arrival",

@@ -144,20 +144,32 @@ def _report(context: Context, subjects: list[_Subject]) -> None:
             ("local sync ref", small.to_local, large.to_local),
             ("remote", small.to_remote, large.to_remote),
         ):
-            share = Summary.of(large_values).median / Summary.of(small_values).median
+            large_median = Summary.of(large_values).median
+            small_median = Summary.of(small_values).median
+            share = large_median / small_median
+            felt = (large_median + SETTLE) / (small_median + SETTLE)
             add(
                 Row(
                     "history",
                     f"publish to the {what}: {large.size:,} ÷ {small.size:,} handoffs",
-                    "medians",
+                    "medians, less settle",
                     value=ratio(share),
-                    note=f"{seconds(Summary.of(large_values).median)} over "
-                    f"{seconds(Summary.of(small_values).median)}",
+                    note=f"{seconds(large_median)} over {seconds(small_median)}",
+                )
+            )
+            add(
+                Row(
+                    "history",
+                    f"publish to the {what}: {large.size:,} ÷ {small.size:,} handoffs",
+                    f"medians, with the {SETTLE:g} s settle",
+                    value=ratio(felt),
+                    note="the latency a person sees",
                 )
             )
             context.report.target(
                 "history",
-                f"publish to the {what} with {large.size:,} handoffs ≤ 1.2 × with {small.size:,}",
+                f"publish to the {what} with {large.size:,} handoffs ≤ 1.2 × with "
+                f"{small.size:,} (work above settle)",
                 ratio(share),
                 share <= 1.2,
             )
