@@ -94,12 +94,15 @@ class Tree:
         return None
 
     def with_entry(self, entry: Entry) -> Tree:
-        """This tree with ``entry`` added, replacing whatever had its name."""
+        """This tree with ``entry`` added, replacing whatever had its name.
+
+        Every entry of that name goes, should a hand-made tree from a remote hold two.
+        """
         entries, keys, records = list(self.entries), list(self.keys), list(self.records)
         encoded = encode_name(entry.name)
         for key in (encoded, encoded + b"/"):
             index = bisect_left(keys, key)
-            if index < len(keys) and keys[index] == key:
+            while index < len(keys) and keys[index] == key:
                 del entries[index], keys[index], records[index]
         key = sort_key(entry)
         index = bisect_left(keys, key)

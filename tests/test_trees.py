@@ -72,6 +72,12 @@ def test_a_file_replaces_a_folder_of_the_same_name_and_back() -> None:
     assert as_file.with_entry(entry("a", folder=True)).body() == tree.body()
 
 
+def test_a_name_held_twice_by_a_hand_made_tree_is_replaced_once_and_for_all() -> None:
+    twice = Tree([entry("a"), entry("a")], [b"a", b"a"], None)
+    changed = twice.with_entry(entry("a", folder=True))
+    assert changed.entries == (entry("a", folder=True),)
+
+
 def test_object_ids_match_git(repo: Path) -> None:
     data = "### Current Task\nÜnïcode and a NUL-free body\n"
     assert object_id("blob", data.encode(), "sha1") == git(
