@@ -1,6 +1,6 @@
 """``python -m bench``: set everything up, measure, print the table.
 
-    python -m bench                  the full run (about twenty minutes)
+    python -m bench                  the full run (about fifteen minutes)
     python -m bench --quick          fewer samples and sizes (a couple of minutes)
     python -m bench --only idle      one section (repeat --only for more)
     python -m bench --samples 50     more (or fewer) samples per measurement
