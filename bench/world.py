@@ -28,7 +28,6 @@ from typing import Any
 from convosyncd.handoff import (
     CONVOSYNC_DIR,
     HANDOFFS_DIR,
-    MATERIALIZED_NAME,
     Provenance,
     content_digest,
     handoff_filename,
@@ -487,10 +486,6 @@ def seed_history(
         raise BenchError(
             f"fast-import failed in {remote}: {result.stderr.decode(errors='replace')}"
         )
-
-
-def materialized(device: Device) -> Path:
-    return device.repo / CONVOSYNC_DIR / MATERIALIZED_NAME
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")

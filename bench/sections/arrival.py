@@ -99,7 +99,7 @@ def _check(lane: _Lane, notes: _Notifications, *, with_notes: bool) -> bool:
     """Whether the handoff in flight has fully arrived at B."""
     assert lane.marker is not None
     if lane.file_at is None:
-        path = world.materialized(lane.b)
+        path = lane.b.materialized
         try:
             if lane.marker in path.read_text(encoding="utf-8", errors="replace"):
                 lane.file_at = world.file_mtime(path)

@@ -49,7 +49,7 @@ def _sample(subject: _Subject, marker: str) -> tuple[float, float, float]:
         device.remote, remote_before.value, TIMEOUT, f"{device.name}'s push"
     )
     rewritten = world.wait_for_text(
-        world.materialized(device), marker, TIMEOUT, f"{device.name}'s session-handoff.md"
+        device.materialized, marker, TIMEOUT, f"{device.name}'s session-handoff.md"
     )
     return local.mtime - written - SETTLE, remote.mtime - written - SETTLE, rewritten - local.mtime
 
