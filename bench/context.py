@@ -10,8 +10,9 @@ from pathlib import Path
 
 from bench import world
 from bench.plan import Plan
+from bench.probe import Probe, probe
 from bench.report import Report
-from tests.support.dbus_session import DBUS_DAEMON, env_for_bus
+from tests.support.dbus_session import DBUS_DAEMON, NOTIFY_SEND, env_for_bus
 from tests.support.devices import make_device
 
 
@@ -26,6 +27,7 @@ class Context:
     records: Path | None = None
     fleets: dict[int, world.Fleet] = field(default_factory=dict)
     _template: Path | None = None
+    _probe: Probe | None = None
     _began: float = field(default_factory=time.monotonic)
 
     def say(self, message: str) -> None:
@@ -33,8 +35,9 @@ class Context:
         print(f"[{time.monotonic() - self._began:7.1f} s] {message}", file=sys.stderr, flush=True)
 
     @property
-    def has_dbus(self) -> bool:
-        return shutil.which(DBUS_DAEMON) is not None
+    def can_notify(self) -> bool:
+        """A private bus can be started, and the daemon has a route to notify through it."""
+        return shutil.which(DBUS_DAEMON) is not None and shutil.which(NOTIFY_SEND) is not None
 
     def folder(self, name: str) -> Path:
         path = self.root / name
@@ -48,6 +51,12 @@ class Context:
             world.seed_history(remote, {"laptop": 2})
             self._template = remote
         return self._template
+
+    def probe(self) -> Probe:
+        """The git commands of the daemon's idle poll and publish, counted once per run."""
+        if self._probe is None:
+            self._probe = probe(self.folder("probe"), self.template())
+        return self._probe
 
     def warm_up(self) -> None:
         """Run and use one daemon first: compiling modules is paid once, here, not timed."""

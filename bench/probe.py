@@ -59,10 +59,6 @@ def probe(root: Path, template: Path) -> Probe:
     if not first.ok:
         raise world.BenchError(f"the probe's first cycle failed: {first.error}")
     idle = git_commands(sync.cycle)
-    # A fresh engine, as a long-running daemon has: caches are warm after its first poll.
-    sync = _sync(device)
-    sync.cycle()
-    device.write_draft(handoff_text("Probing the publish path"))
 
     def publish() -> None:
         sync.ensure_layout()
@@ -72,4 +68,9 @@ def probe(root: Path, template: Path) -> Probe:
         sync.push()
         sync.refresh()
 
+    # What a daemon that has published before does (the first publish also reads the
+    # person's git identity once): the daemon's own steps, publish, push, refresh.
+    device.write_draft(handoff_text("Probing the publish path"))
+    publish()
+    device.write_draft(handoff_text("Probing the publish path again"))
     return Probe(idle_poll=idle, publish=git_commands(publish))

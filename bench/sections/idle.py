@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from bench import procfs, world
 from bench.context import Context
-from bench.probe import describe, probe
+from bench.probe import describe
 from bench.report import Row
 from bench.stats import megabytes, seconds
 from tests.support.dbus_session import env_for_bus
@@ -136,7 +136,7 @@ def measure(context: Context, repos: int) -> _Idle:
 def run(context: Context) -> None:
     plan = context.plan
     results = [measure(context, repos) for repos in plan.idle_repos]
-    commands = probe(context.folder("probe"), context.template()).idle_poll
+    commands = context.probe().idle_poll
     report = context.report
     for idle in results:
         condition = f"{idle.repos} repo(s)"

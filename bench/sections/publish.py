@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from bench import world
 from bench.context import Context
+from bench.probe import describe
 from bench.report import Row
 from bench.stats import Summary, ratio, seconds
 from tests.support.devices import Device, make_device
@@ -116,6 +117,19 @@ def run(context: Context) -> None:
 def report(context: Context, subjects: list[_Subject], floor_times: list[float]) -> None:
     floor = Summary.of(floor_times)
     add = context.report.add
+    commands = context.probe().publish
+    pushed = commands.index("push") if "push" in commands else len(commands)
+    add(
+        Row(
+            "publish",
+            "daemon: git commands from the settled draft to the push",
+            "one publish",
+            value=str(pushed),
+            count=1,
+            note=f"{describe(commands[:pushed])}; then push, and after it "
+            f"{describe(commands[pushed + 1 :]) or 'nothing'}",
+        )
+    )
     add(
         Row(
             "publish",
