@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from convosyncd.gitstore import SyncBranch
+from convosyncd.gitstore import FILE_MODES, SyncBranch
 from convosyncd.handoff import (
     Handoff,
     HandoffFormatError,
@@ -45,12 +45,16 @@ class Catalog:
     def latest(self, commit: str | None) -> list[Handoff]:
         """The newest readable handoff of every device at ``commit``."""
         found = []
-        for device in sorted(self.branch.device_folders(commit)):
+        for device, folder in sorted(self.branch.device_folders(commit).items()):
             if not is_device_name(device):
                 log.warning("ignoring a sync-branch folder with an invalid device name")
                 continue
-            for name in reversed(self.names(commit, device)):
-                handoff = self.read(commit, device, name)
+            # Valid names sort by time, and a folder lists them in that order: walk it
+            # from the end instead of parsing every name of a long history.
+            for entry in reversed(self.branch.entries(folder)):
+                if entry.mode not in FILE_MODES or parse_filename(entry.name) is None:
+                    continue
+                handoff = self._parse(entry.oid, device, entry.name)
                 if handoff is not None:
                     found.append(handoff)
                     break
@@ -76,14 +80,17 @@ class Catalog:
     def read(self, commit: str | None, device: str, name: str) -> Handoff | None:
         """One handoff, parsed; None (and a log line) if it is too big or unreadable."""
         folder = self.branch.device_folders(commit).get(device)
-        entry = next((e for e in self.branch.device_files(folder) if e.name == name), None)
-        if entry is None:
+        entry = self.branch.child(folder, name)
+        if entry is None or entry.kind != "blob":
             return None
-        if entry.oid in self._parsed:
-            return self._parsed[entry.oid]
+        return self._parse(entry.oid, device, name)
+
+    def _parse(self, oid: str, device: str, name: str) -> Handoff | None:
+        if oid in self._parsed:
+            return self._parsed[oid]
         handoff: Handoff | None = None
         limit = self.max_bytes + FRONT_MATTER_ALLOWANCE
-        size = self.branch.blob_size(entry.oid)
+        size = self.branch.blob_size(oid)
         if size > limit:
             log.warning(
                 "skipping handoff %s/%s: %d bytes, over the %d-byte limit",
@@ -94,10 +101,22 @@ class Catalog:
             )
         else:
             try:
-                handoff = parse_stored(self.branch.read_blob(entry.oid), device=device, name=name)
+                handoff = parse_stored(self.branch.read_blob(oid), device=device, name=name)
             except HandoffFormatError as error:
                 log.warning("skipping an unreadable handoff: %s", error)
+        self._keep(oid, handoff)
+        return handoff
+
+    def _keep(self, oid: str, handoff: Handoff | None) -> None:
         if len(self._parsed) >= _CACHE_LIMIT:
             self._parsed.clear()
-        self._parsed[entry.oid] = handoff
-        return handoff
+        self._parsed[oid] = handoff
+
+    def remember(self, oid: str, device: str, name: str, data: bytes) -> None:
+        """Take in a handoff this device has just written, so it is not read back from git."""
+        if len(data) > self.max_bytes + FRONT_MATTER_ALLOWANCE:
+            return
+        try:
+            self._keep(oid, parse_stored(data, device=device, name=name))
+        except HandoffFormatError:
+            return

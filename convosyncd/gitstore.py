@@ -7,13 +7,21 @@ but the sync branch; the remote's last known tip lives under ``refs/convosync/``
 
 Tree listings are cached by object id: a tree never changes, so a cached listing can
 never be stale, and publishing into a folder of ten thousand handoffs lists it once.
+New trees are computed in memory (:mod:`convosyncd.trees`) and written together by one
+``git hash-object -t tree``, which checks each one and must give the id expected.
+
+The sync branch's tip is asked of git, then remembered for as long as its loose ref
+file stays the very same file (same inode, size and modification time): every update
+of a loose ref replaces the file, so an idle poll needs no ``rev-parse`` at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -27,10 +35,12 @@ from convosyncd.errors import GitError
 from convosyncd.gitcmd import Git
 from convosyncd.handoff import HANDOFFS_DIR
 from convosyncd.merge import TREE_MODE, Entry
+from convosyncd.trees import Tree, algorithm_of
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_FileIdentity = tuple[int, int, int, int]
 
 STALE_LOCK_AGE = 10.0
 """Seconds after which a lock on one of the daemon's own refs is taken to be abandoned."""
@@ -39,6 +49,8 @@ _LOCK_RE = re.compile(r"Unable to create '(?P<path>[^']+\.lock)': File exists")
 BLOB_MODE = "100644"
 FILE_MODES = ("100644", "100755")
 _CACHE_SIZE = 64
+_LISTED_ENTRIES = 50_000
+"""Entries kept in cached tree listings, all trees together (a few versions of a big folder)."""
 _LS_TREE_RE = re.compile(
     r"^(?P<mode>\d{6}) (?P<kind>\w+) (?P<oid>[0-9a-f]{40,64})\t(?P<name>.+)$", re.S
 )
@@ -70,19 +82,53 @@ class SyncBranch:
         self.branch = branch
         self.ref = f"refs/heads/{branch}"
         self.remote_ref = f"refs/convosync/remotes/{remote}/{branch}"
-        self._listings: OrderedDict[str, tuple[Entry, ...]] = OrderedDict()
+        self._listings: OrderedDict[str, Tree] = OrderedDict()
+        self._listed = 0
         self._root_of: OrderedDict[str, str] = OrderedDict()
         self._zero: str | None = None
         self._remote_known: str | None = None
         self._remote_known_read = False
         self._common_dir: Path | None = None
+        self._ref_file: Path | None = None
+        self._tip: tuple[_FileIdentity, str] | None = None
 
     # -- reading --------------------------------------------------------------------
 
     def tip(self) -> str | None:
         """The sync branch's commit, or None if it does not exist yet."""
+        loose = self._loose_ref()
+        if loose is not None and self._tip is not None and self._tip[0] == loose[0]:
+            return self._tip[1]
         result = self.git.run("rev-parse", "-q", "--verify", f"{self.ref}^{{commit}}", check=False)
-        return result.text or None if result.returncode == 0 else None
+        value = result.text or None if result.returncode == 0 else None
+        self._remember_tip(value, loose)
+        return value
+
+    def _remember_tip(self, value: str | None, loose: tuple[_FileIdentity, str] | None) -> None:
+        # Only a loose ref that holds exactly this commit, and did not change while git
+        # was asked, may stand for it (a packed, symbolic or peeled ref is always asked).
+        if (
+            value is not None
+            and loose is not None
+            and loose[1] == value
+            and self._loose_ref() == loose
+        ):
+            self._tip = (loose[0], value)
+        else:
+            self._tip = None
+
+    def _loose_ref(self) -> tuple[_FileIdentity, str] | None:
+        """The loose ref file's identity and content, or None if there is no such file."""
+        if self._ref_file is None:
+            self._ref_file = self._git_dir() / self.ref
+        try:
+            with self._ref_file.open("rb") as handle:
+                status = os.fstat(handle.fileno())
+                content = handle.read(256)
+        except OSError:
+            return None
+        identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+        return identity, content.decode("ascii", "replace").strip()
 
     def remote_known_tip(self) -> str | None:
         """The remote's tip as of the last fetch or push, or None.
@@ -117,6 +163,10 @@ class SyncBranch:
 
     def entries(self, tree: str) -> tuple[Entry, ...]:
         """The entries of the tree object ``tree`` (a tree id, not a path)."""
+        return self.listing(tree).entries
+
+    def listing(self, tree: str) -> Tree:
+        """The tree object ``tree``, listed once and then kept."""
         cached = self._listings.get(tree)
         if cached is not None:
             self._listings.move_to_end(tree)
@@ -130,15 +180,27 @@ class SyncBranch:
             if match is None:
                 raise GitError(f"unexpected ls-tree output in {self.git.worktree}: {record!r}")
             listing.append(Entry(match["mode"], match["kind"], match["oid"], match["name"]))
-        result = tuple(listing)
-        _remember(self._listings, tree, result)
+        result = Tree.of(listing)
+        self._keep_listing(tree, result)
         return result
+
+    def _keep_listing(self, oid: str, tree: Tree) -> None:
+        previous = self._listings.pop(oid, None)
+        if previous is not None:
+            self._listed -= len(previous)
+        self._listings[oid] = tree
+        self._listed += len(tree)
+        while len(self._listings) > 1 and (
+            len(self._listings) > _CACHE_SIZE or self._listed > _LISTED_ENTRIES
+        ):
+            _oid, dropped = self._listings.popitem(last=False)
+            self._listed -= len(dropped)
 
     def child(self, tree: str | None, name: str) -> Entry | None:
         """The entry called ``name`` in ``tree`` (None if either is missing)."""
         if tree is None:
             return None
-        return next((entry for entry in self.entries(tree) if entry.name == name), None)
+        return self.listing(tree).find(name)
 
     def device_folders(self, commit: str | None) -> dict[str, str]:
         """``{device: tree id}`` for every folder under ``handoffs/`` at ``commit``."""
@@ -181,14 +243,38 @@ class SyncBranch:
         return self.git.run("hash-object", "-w", "--stdin", input=data).text
 
     def write_tree(self, entries: Iterable[Entry]) -> str:
-        listing = tuple(sorted(entries, key=_git_sort_key))
-        payload = b"".join(
-            f"{entry.mode} {entry.kind} {entry.oid}\t".encode() + _encode(entry.name) + b"\0"
-            for entry in listing
-        )
-        oid = self.git.run("mktree", "-z", input=payload).text
-        _remember(self._listings, oid, listing)
+        tree = Tree.of(entries)
+        oid = tree.oid(self._algorithm(tree.entries[0].oid if tree.entries else None))
+        self._write_trees([(oid, tree)])
         return oid
+
+    def _algorithm(self, example: str | None) -> str:
+        """The repository's hash algorithm, told by the length of ``example``'s id if given."""
+        example = example or self.tip()
+        if example:
+            return algorithm_of(example)
+        result = self.git.run("rev-parse", "--show-object-format", check=False)
+        return result.text if result.returncode == 0 and result.text == "sha256" else "sha1"
+
+    def _write_trees(self, trees: Sequence[tuple[str, Tree]]) -> None:
+        """Write ``(expected id, tree)`` pairs with one git call, children first."""
+        with tempfile.TemporaryDirectory(prefix="convosyncd-trees-") as folder:
+            paths = []
+            for index, (_oid, tree) in enumerate(trees):
+                path = Path(folder) / str(index)
+                path.write_bytes(tree.body())
+                paths.append(str(path))
+            written = self.git.out(
+                "hash-object", "-w", "-t", "tree", "--no-filters", "--", *paths
+            ).split()
+        expected = [oid for oid, _tree in trees]
+        if written != expected:
+            raise GitError(
+                f"git stored trees under other ids than computed in {self.git.worktree} "
+                f"({written} instead of {expected}); please report this"
+            )
+        for oid, tree in trees:
+            self._keep_listing(oid, tree)
 
     def commit(
         self,
@@ -228,7 +314,9 @@ class SyncBranch:
         if result.returncode != 0 and self._clear_stale_lock(result.stderr):
             result = self.git.run(*args, check=False)
         if result.returncode == 0:
+            self._remember_tip(new, self._loose_ref())
             return True
+        self._tip = None
         if self.tip() != expected:
             log.info("sync branch moved under us in %s; retrying", self.git.worktree)
             return False
@@ -244,37 +332,54 @@ class SyncBranch:
         return self._zero
 
     def add_file(self, tip: str | None, folder: Sequence[str], name: str, blob: str) -> str:
-        """The root tree of ``tip`` with one more file at ``folder/name``."""
-        root = self.root_tree(tip) if tip is not None else None
-        return self._insert(root, list(folder), Entry(BLOB_MODE, "blob", blob, name))
+        """The root tree of ``tip`` with one more file at ``folder/name``.
 
-    def _insert(self, tree: str | None, folder: list[str], entry: Entry) -> str:
-        current = list(self.entries(tree)) if tree is not None else []
-        if not folder:
-            current = [existing for existing in current if existing.name != entry.name]
-            current.append(entry)
-            return self.write_tree(current)
-        head, rest = folder[0], folder[1:]
-        existing = next((item for item in current if item.name == head), None)
-        subtree = existing.oid if existing is not None and existing.is_tree else None
-        new_subtree = self._insert(subtree, rest, entry)
-        current = [item for item in current if item.name != head]
-        current.append(Entry(TREE_MODE, "tree", new_subtree, head))
-        return self.write_tree(current)
+        Every folder on the way is rewritten (a file or folder of the same name is
+        replaced), and all of them are written by one git call.
+        """
+        # The trees along the path, root first; None where a folder does not exist yet.
+        path: list[str | None] = [self.root_tree(tip) if tip is not None else None]
+        for part in folder:
+            entry = self.child(path[-1], part)
+            path.append(entry.oid if entry is not None and entry.is_tree else None)
+        algorithm = algorithm_of(blob)
+        entry = Entry(BLOB_MODE, "blob", blob, name)
+        written: list[tuple[str, Tree]] = []
+        for depth in range(len(folder), -1, -1):
+            current = path[depth]
+            base = self.listing(current) if current is not None else Tree.of(())
+            tree = base.with_entry(entry)
+            oid = tree.oid(algorithm)
+            written.append((oid, tree))
+            if depth:
+                entry = Entry(TREE_MODE, "tree", oid, folder[depth - 1])
+        self._write_trees(written)
+        return written[-1][0]
 
     def union_tree(self, ours: str, theirs: str) -> str:
         """The tree holding every file of both trees (see :mod:`convosyncd.merge`)."""
+        written: list[tuple[str, Tree]] = []
+        oid = self._union(ours, theirs, algorithm_of(ours), written)
+        if written:
+            self._write_trees(written)
+        return oid
+
+    def _union(
+        self, ours: str, theirs: str, algorithm: str, written: list[tuple[str, Tree]]
+    ) -> str:
         if ours == theirs:
             return ours
         merged: list[Entry] = []
         for step in merge.union(self.entries(ours), self.entries(theirs)):
             if isinstance(step, merge.Recurse):
-                merged.append(
-                    Entry(TREE_MODE, "tree", self.union_tree(step.ours, step.theirs), step.name)
-                )
+                inner = self._union(step.ours, step.theirs, algorithm, written)
+                merged.append(Entry(TREE_MODE, "tree", inner, step.name))
             else:
                 merged.append(step)
-        return self.write_tree(merged)
+        tree = Tree.of(merged)
+        oid = tree.oid(algorithm)
+        written.append((oid, tree))
+        return oid
 
     # -- the remote -----------------------------------------------------------------
 
@@ -383,15 +488,6 @@ def _push_status(porcelain: str, ref: str) -> str | None:
                 return "rejected"
             return "error"
     return None
-
-
-def _git_sort_key(entry: Entry) -> bytes:
-    # git sorts tree entries by name, comparing folders as if they ended with '/'.
-    return _encode(entry.name) + (b"/" if entry.is_tree else b"")
-
-
-def _encode(name: str) -> bytes:
-    return name.encode("utf-8", "surrogateescape")
 
 
 def _remember(cache: OrderedDict[str, T], key: str, value: T) -> None:

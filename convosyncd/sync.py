@@ -146,6 +146,9 @@ class RepoSync:
             InlineBranch(self.git, self.tree, repo.remote) if repo.mode == "inline" else None
         )
         self._inline_fresh = False
+        # This device's folder on the sync branch and the digests in it (kept up to date
+        # by each publish, so a folder of thousands is read once, not once per publish).
+        self._published: tuple[str | None, dict[str, str]] = (None, {})
 
     @property
     def device(self) -> str:
@@ -345,21 +348,22 @@ class RepoSync:
         for _attempt in range(ATTEMPTS):
             tip = self.branch.tip()
             folder = self.branch.device_folders(tip).get(self.device)
-            for entry in self.branch.device_files(folder):
-                if digest_of_filename(entry.name) == digest:
-                    log.info(
-                        "%s: draft already published as %s; removing the draft",
-                        self.repo.path,
-                        entry.name,
-                    )
-                    self._finish_draft(draft)
-                    return PublishResult("duplicate", name=entry.name)
+            published = self._published_digests(folder)
+            if digest in published:
+                log.info(
+                    "%s: draft already published as %s; removing the draft",
+                    self.repo.path,
+                    published[digest],
+                )
+                self._finish_draft(draft)
+                return PublishResult("duplicate", name=published[digest])
             text = self._screen_secrets(draft)
             head = self.tree.head()
             created = datetime.now(timezone.utc)
             name = handoff_filename(created, digest)
             provenance = Provenance(self.device, created, head.commit, head.branch)
-            blob = self.branch.write_blob(render_stored(provenance, text))
+            stored = render_stored(provenance, text)
+            blob = self.branch.write_blob(stored)
             root = self.branch.add_file(tip, (HANDOFFS_DIR, self.device), name, blob)
             task = task_line(text)
             commit = self.branch.commit(
@@ -377,14 +381,32 @@ class RepoSync:
                 "the draft stays and will be published on the next try"
             )
         log.info("%s: published %s/%s (%s)", self.repo.path, self.device, name, task)
+        published[digest] = name
+        self._published = (self.branch.device_folders(commit).get(self.device), published)
+        self.catalog.remember(blob, self.device, name, stored)
         self.state.last_publish = states.Event(now_text(), f"{name}: {task}")
         self.state.local_tip = commit
         self._clear_draft_problem()
         self._finish_draft(draft)
-        self._update_pending()
+        # One more handoff commit than the remote has: counted without asking git, since
+        # the push that follows at once counts again (0 once it is through).
+        self._set_pending(self.state.pending + 1)
         self._materialize(commit)
         self._save()
         return PublishResult("published", name=name)
+
+    def _published_digests(self, folder: str | None) -> dict[str, str]:
+        """``{content digest: file name}`` of this device's handoffs in ``folder``."""
+        if folder is None:
+            return {}
+        if self._published[0] != folder:
+            found: dict[str, str] = {}
+            for entry in self.branch.device_files(folder):
+                digest = digest_of_filename(entry.name)
+                if digest is not None:
+                    found.setdefault(digest, entry.name)
+            self._published = (folder, found)
+        return self._published[1]
 
     def _finish_draft(self, draft: drafts.Draft) -> None:
         if DRAFT_NAME in (self._tracked or set()):

@@ -139,18 +139,34 @@ class WorkTree:
 
     def head(self) -> HeadInfo:
         """HEAD's commit and branch (``detached at ...`` or ``rebasing X`` as the case is)."""
+        # One git call in the usual cases (on a branch, or detached with a commit); an
+        # unborn branch or an unusual HEAD takes the longer way below.
+        both = self.git.run(
+            "rev-parse", "-q", "HEAD^{commit}", "--symbolic-full-name", "HEAD", "--", check=False
+        )
+        lines = both.text.splitlines()
+        if both.returncode == 0 and len(lines) >= 2:
+            commit, name = lines[0], lines[1]
+            if name.startswith("refs/heads/") and len(name) > len("refs/heads/"):
+                return HeadInfo(commit=commit, branch=name.removeprefix("refs/heads/"))
+            if name == "HEAD":
+                return HeadInfo(commit=commit, branch=self._detached_branch())
         commit_result = self.git.run("rev-parse", "-q", "--verify", "HEAD^{commit}", check=False)
         commit = commit_result.text if commit_result.returncode == 0 else "none (no commits yet)"
         branch_result = self.git.run("symbolic-ref", "-q", "--short", "HEAD", check=False)
         if branch_result.returncode == 0 and branch_result.text:
             return HeadInfo(commit=commit, branch=branch_result.text)
+        return HeadInfo(commit=commit, branch=self._detached_branch())
+
+    def _detached_branch(self) -> str:
+        """How to name a detached HEAD: the branch being rebased, if a rebase is on."""
         for state in ("rebase-merge", "rebase-apply"):
             try:
                 name = (self.git_dir / state / "head-name").read_text(encoding="utf-8").strip()
             except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
                 continue
-            return HeadInfo(commit=commit, branch=f"{name.removeprefix('refs/heads/')} (rebasing)")
-        return HeadInfo(commit=commit, branch="HEAD (detached)")
+            return f"{name.removeprefix('refs/heads/')} (rebasing)"
+        return "HEAD (detached)"
 
     def write_materialized(self, text: str) -> bool:
         """Write ``session-handoff.md`` if its content changed; False if left alone."""

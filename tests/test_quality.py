@@ -13,8 +13,8 @@ from tests.support.devices import REPO_ROOT
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "convosyncd", "tests"],
-        ["ruff", "format", "--check", "convosyncd", "tests"],
+        ["ruff", "check", "convosyncd", "tests", "bench"],
+        ["ruff", "format", "--check", "convosyncd", "tests", "bench"],
         ["mypy"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],

@@ -1,0 +1,72 @@
+"""How much to measure: the full run, ``--quick``, and the test suite's ``--smoke``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+SECTIONS = ("publish", "arrival", "idle", "history", "startup")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sample counts and sizes for one run."""
+
+    name: str
+    samples: int
+    settles: tuple[float, ...] = (0.2, 1.0)
+    pull_intervals: tuple[float, ...] = (2.0, 10.0)
+    arrival_samples: int = 30
+    arrival_lanes: int = 3
+    """Independent remote + device pairs per pull interval, measured side by side."""
+    idle_repos: tuple[int, ...] = (1, 10, 100)
+    idle_seconds: float = 60.0
+    history_sizes: tuple[int, ...] = (10, 10_000)
+    history_per_commit: int = 1
+    device_counts: tuple[int, ...] = (2, 50)
+    startup_repos: tuple[int, ...] = (1, 100)
+    startup_samples: int = 30
+    warmup: int = 2
+    """Uncounted samples first: imports and first fetches are paid once per daemon."""
+
+    def with_samples(self, samples: int) -> Plan:
+        return dataclasses.replace(
+            self,
+            samples=samples,
+            arrival_samples=samples,
+            startup_samples=samples,
+        )
+
+
+FULL = Plan(name="full", samples=30)
+
+QUICK = Plan(
+    name="quick",
+    samples=8,
+    arrival_samples=5,
+    arrival_lanes=3,
+    idle_repos=(100,),
+    idle_seconds=10.0,
+    history_per_commit=20,
+    startup_samples=3,
+    warmup=1,
+)
+
+SMOKE = Plan(
+    name="smoke",
+    samples=3,
+    settles=(0.2,),
+    pull_intervals=(0.5,),
+    arrival_samples=3,
+    arrival_lanes=1,
+    idle_repos=(2,),
+    idle_seconds=2.0,
+    history_sizes=(10,),
+    history_per_commit=5,
+    device_counts=(2,),
+    startup_repos=(2,),
+    startup_samples=2,
+    warmup=1,
+)
+
+PLANS = {plan.name: plan for plan in (FULL, QUICK, SMOKE)}

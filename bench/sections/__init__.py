@@ -1,0 +1,1 @@
+"""The benchmark's five sections, one module each, each a ``run(context)``."""

@@ -1,0 +1,495 @@
+"""The benchmark's world: a sealed environment, bare remotes, devices and their daemons.
+
+Everything lives in one temporary folder. HOME, the XDG folders and git's global config
+point into it, so a run touches nothing of the person's; remotes are bare repositories
+on the local disk (file paths, never the network). Devices and daemons come from
+:mod:`tests.support.devices`, the same helpers the end-to-end tests use.
+
+Times are read from the file system where it matters: a draft's modification time is
+when it was written, a ref file's is when git moved the ref, and ``session-handoff.md``'s
+is when the daemon replaced it. Polling for those files only decides how soon the
+benchmark notices; the times themselves do not depend on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from convosyncd.handoff import (
+    CONVOSYNC_DIR,
+    HANDOFFS_DIR,
+    Provenance,
+    content_digest,
+    handoff_filename,
+    render_stored,
+    task_line,
+)
+from tests.support.devices import (
+    DaemonProcess,
+    Device,
+    cli_env,
+    handoff_text,
+    make_device,
+    make_remote,
+)
+
+BRANCH = "convosync"
+REF = f"refs/heads/{BRANCH}"
+READY_LINE = "running as device"
+POLL = 0.002
+
+_SEALED_PREFIXES = ("GIT_", "XDG_", "CONVOSYNC_")
+_SEALED_NAMES = (
+    "DBUS_SESSION_BUS_ADDRESS",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "SSH_AUTH_SOCK",
+)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not set something up or saw something it did not expect."""
+
+
+def seal(root: Path) -> None:
+    """Point HOME, XDG and git's config into ``root`` for this process and its children."""
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    runtime = root / "runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    for name in list(os.environ):
+        if name.startswith(_SEALED_PREFIXES) or name in _SEALED_NAMES:
+            del os.environ[name]
+    os.environ.update(
+        {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_STATE_HOME": str(home / ".local" / "state"),
+            "XDG_DATA_HOME": str(home / ".local" / "share"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "XDG_RUNTIME_DIR": str(runtime),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+            # Compiled modules go here, not into the source tree: the first daemon pays
+            # for compiling, as an installation does once, and later starts do not.
+            "PYTHONPYCACHEPREFIX": str(root / "pycache"),
+        }
+    )
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    (home / ".gitconfig").write_text(
+        "[user]\n\tname = Bench Person\n\temail = bench@example.invalid\n"
+        "[init]\n\tdefaultBranch = main\n[gc]\n\tauto = 0\n",
+        encoding="utf-8",
+    )
+
+
+def git(cwd: Path, *args: str, input: bytes | None = None, timeout: float | None = 600) -> str:
+    """Run git; its output without the final newline; BenchError if it fails.
+
+    ``timeout=None`` for the floor: with a time limit, ``subprocess`` waits for the
+    exit by polling with sleeps, a millisecond or so per command that git does not cost.
+    """
+    result = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BenchError(
+            f"git {' '.join(args)} failed in {cwd}: {result.stderr.decode(errors='replace')}"
+        )
+    return result.stdout.decode("utf-8", "surrogateescape").rstrip("\n")
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, *, interval: float = POLL
+) -> None:
+    """Poll ``predicate`` until it holds; BenchError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- refs and files as the file system records them ---------------------------------
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A file's content marker and modification time (seconds since the epoch)."""
+
+    value: str | None
+    mtime: float
+
+
+def ref_stamp(git_dir: Path, ref: str = REF) -> Stamp:
+    """The value and modification time of a loose ref (``Stamp(None, 0)`` if absent)."""
+    path = git_dir / ref
+    try:
+        with path.open("rb") as handle:
+            value = handle.read().decode().strip()
+            mtime = os.fstat(handle.fileno()).st_mtime_ns / 1e9
+    except FileNotFoundError:
+        return Stamp(None, 0.0)
+    return Stamp(value or None, mtime)
+
+
+def file_mtime(path: Path) -> float:
+    return path.stat().st_mtime_ns / 1e9
+
+
+def wait_for_ref_change(
+    git_dir: Path, old: str | None, timeout: float, what: str, ref: str = REF
+) -> Stamp:
+    """Wait until the loose ref moves away from ``old``; its new value and time."""
+    found: list[Stamp] = []
+
+    def moved() -> bool:
+        stamp = ref_stamp(git_dir, ref)
+        if stamp.value is not None and stamp.value != old:
+            found.append(stamp)
+            return True
+        return False
+
+    wait_for(moved, timeout, what)
+    return found[0]
+
+
+def wait_for_text(path: Path, marker: str, timeout: float, what: str) -> float:
+    """Wait until ``path`` holds ``marker``; the time the file was last written."""
+    found: list[float] = []
+    last = [0]
+
+    def holds() -> bool:
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            return False
+        if status.st_mtime_ns == last[0]:
+            return False
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return False
+        if marker in text:
+            found.append(file_mtime(path))
+            return True
+        last[0] = status.st_mtime_ns
+        return False
+
+    wait_for(holds, timeout, what)
+    return found[0]
+
+
+def write_draft(device: Device, marker: str) -> float:
+    """Write a realistic draft naming ``marker``; when it was written."""
+    device.write_draft(handoff_text(f"Benchmark handoff {marker}", fact=f"marker {marker}"))
+    return file_mtime(device.draft)
+
+
+# -- remotes, devices, daemons --------------------------------------------------------
+
+
+def copy_remote(template: Path, target: Path) -> Path:
+    """A copy of the bare repository ``template`` at ``target``."""
+    shutil.copytree(template, target, symlinks=True)
+    return target
+
+
+@dataclass
+class Fleet:
+    """One device with many registered repos, each a clone of its own bare remote."""
+
+    device: Device
+    repos: list[Path]
+    remotes: list[Path]
+
+    def state_files(self) -> list[Path]:
+        return sorted((self.device.state / "repos").glob("*.json"))
+
+    def polled_since(self, moment: float) -> int:
+        """How many repos' state files were saved at or after ``moment``."""
+        count = 0
+        for path in self.state_files():
+            try:
+                if file_mtime(path) >= moment:
+                    count += 1
+            except FileNotFoundError:
+                continue
+        return count
+
+    def first_save_since(self, moment: float) -> float:
+        """The earliest state save at or after ``moment``."""
+        saves = [file_mtime(path) for path in self.state_files()]
+        return min(save for save in saves if save >= moment)
+
+    def wait_until_quiet(self, quiet: float, timeout: float) -> None:
+        """Wait until no repo's state has been saved for ``quiet`` seconds."""
+
+        def still() -> bool:
+            latest = max(file_mtime(path) for path in self.state_files())
+            return time.time() - latest >= quiet
+
+        wait_for(still, timeout, "the daemon to fall quiet", interval=0.05)
+
+    def wait_for_round(self, since: float, timeout: float) -> float:
+        """Wait until every repo's state was saved at or after ``since``; the last save."""
+        count = len(self.repos)
+        wait_for(
+            lambda: self.polled_since(since) >= count,
+            timeout,
+            f"a poll round over {count} repo(s)",
+            interval=0.05,
+        )
+        return max(file_mtime(path) for path in self.state_files())
+
+
+def make_fleet(
+    root: Path, count: int, *, template: Path, name: str = "desk", **settings: Any
+) -> Fleet:
+    """``count`` repos on one device, each with its own copy of the ``template`` remote.
+
+    A person's repos each have a remote of their own; copying one seeded bare repository
+    gives them that without paying for ``count`` separate histories.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    remotes = [copy_remote(template, root / f"remote-{index:03d}.git") for index in range(count)]
+    device = make_device(root, remotes[0], name, **settings)
+    repos = [device.repo]
+    for index, remote in enumerate(remotes[1:], start=1):
+        repo = device.root / f"app-{index:03d}"
+        git(root, "clone", "--quiet", str(remote), str(repo))
+        (repo / CONVOSYNC_DIR).mkdir()
+        repos.append(repo)
+    device.write_config(repos=repos)
+    return Fleet(device=device, repos=repos, remotes=remotes)
+
+
+def new_remote(root: Path, name: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    return make_remote(root, name)
+
+
+@dataclass
+class Daemon:
+    """A running ``convosyncd run`` and how long it took to say it was ready."""
+
+    process: DaemonProcess
+    ready_after: float
+    started_at: float = field(default=0.0)
+
+    @property
+    def pid(self) -> int:
+        return self.process.process.pid
+
+    def stop(self) -> None:
+        code = self.process.stop()
+        if code != 0:
+            raise BenchError(f"the daemon exited with {code}:\n{self.process.log()[-3000:]}")
+
+
+def _daemon_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = cli_env(extra)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def start_daemon(
+    device: Device, env: Mapping[str, str] | None = None, *, timeout: float = 60
+) -> Daemon:
+    """Start ``convosyncd run`` for ``device``; wait (polling its log) until it is ready."""
+    log_path = device.root / f"daemon-{time.monotonic_ns()}.log"
+    started_at = time.time()
+    begin = time.monotonic()
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "convosyncd", "--config", str(device.config), "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=_daemon_env(env),
+        )
+    handle = DaemonProcess(device, process, log_path)
+    ready: list[float] = []
+
+    def is_ready() -> bool:
+        if process.poll() is not None:
+            raise BenchError(f"the daemon exited ({process.returncode}):\n{handle.log()[-3000:]}")
+        if READY_LINE in handle.log():
+            ready.append(time.monotonic() - begin)
+            return True
+        return False
+
+    try:
+        wait_for(is_ready, timeout, f"{device.name}'s daemon to be ready")
+    except BaseException:
+        handle.stop()
+        raise
+    return Daemon(process=handle, ready_after=ready[0], started_at=started_at)
+
+
+def problems_in_log(daemon: Daemon) -> list[str]:
+    """ERROR lines and tracebacks in a daemon's log (a benchmark of a failing daemon lies)."""
+    return [
+        line
+        for line in daemon.process.log().splitlines()
+        if " ERROR " in line or line.startswith("Traceback")
+    ]
+
+
+# -- handoffs written with git plumbing alone ----------------------------------------
+
+
+def stored_handoff(device: str, text: str, created: datetime) -> tuple[str, bytes]:
+    """The file name and content the daemon would store for ``text``."""
+    data = text.encode()
+    provenance = Provenance(device, created, "0" * 40, "main")
+    return handoff_filename(created, content_digest(data)), render_stored(provenance, text)
+
+
+def _tree_line(mode: str, kind: str, oid: str, name: str) -> bytes:
+    return f"{mode} {kind} {oid}\t{name}".encode() + b"\0"
+
+
+class PlumbingPublisher:
+    """Publishes handoffs with nothing but git plumbing: the floor under the daemon.
+
+    One handoff is exactly: ``hash-object -w`` (the file), ``mktree`` three times (the
+    device's folder, ``handoffs/``, the root), ``commit-tree``, ``update-ref NEW OLD`` and
+    ``push``. The listings of the three folders are kept in memory between handoffs,
+    so nothing is read back from git.
+    """
+
+    def __init__(self, repo: Path, device: str, *, remote: str = "origin") -> None:
+        self.repo = repo
+        self.device = device
+        self.remote = remote
+        self.tip: str | None = None
+        self.folder: dict[str, bytes] = {}
+        self.devices: dict[str, bytes] = {}
+        self.top: dict[str, bytes] = {}
+
+    def _git(self, *args: str, input: bytes | None = None) -> str:
+        return git(self.repo, *args, input=input, timeout=None)
+
+    def _mktree(self, lines: dict[str, bytes]) -> str:
+        return self._git("mktree", "-z", input=b"".join(lines.values()))
+
+    def commit(self, text: str) -> str:
+        """Commit one handoff holding ``text`` on the local sync branch."""
+        created = datetime.now(timezone.utc)
+        name, data = stored_handoff(self.device, text, created)
+        blob = self._git("hash-object", "-w", "--stdin", input=data)
+        self.folder[name] = _tree_line("100644", "blob", blob, name)
+        folder = self._mktree(self.folder)
+        self.devices[self.device] = _tree_line("040000", "tree", folder, self.device)
+        handoffs = self._mktree(self.devices)
+        self.top[HANDOFFS_DIR] = _tree_line("040000", "tree", handoffs, HANDOFFS_DIR)
+        root = self._mktree(self.top)
+        parents = ["-p", self.tip] if self.tip else []
+        message = f"handoff({self.device}): {task_line(text)}"
+        commit = self._git("commit-tree", root, *parents, "-m", message)
+        self._git("update-ref", REF, commit, self.tip or "0" * 40)
+        self.tip = commit
+        return commit
+
+    def push(self) -> None:
+        self._git("push", "--quiet", "--no-verify", self.remote, f"{self.tip}:{REF}")
+
+    def publish_draft(self, draft: Path) -> None:
+        """What the daemon does for a draft, minus everything but git: read, commit, push."""
+        self.commit(draft.read_text(encoding="utf-8"))
+        draft.unlink()
+        self.push()
+
+
+# -- history written in bulk ---------------------------------------------------------
+
+
+def seed_history(
+    remote: Path,
+    per_device: Mapping[str, int],
+    *,
+    per_commit: int = 1,
+    start: datetime | None = None,
+) -> None:
+    """Put ``per_device[d]`` earlier handoffs of each device on ``remote``'s sync branch.
+
+    Written by one ``git fast-import``, ``per_commit`` handoffs to a commit (one is what
+    the daemon makes; more only makes seeding ten thousand faster: a publish never walks
+    the history, it reads the tip's trees). Devices take turns, a minute apart, ending
+    well before now, so everything published later is newer.
+    """
+    total = sum(per_device.values())
+    moment = start or datetime.now(timezone.utc) - timedelta(minutes=total + 60)
+    queues = {device: count for device, count in per_device.items() if count > 0}
+    order: list[str] = []
+    while queues:
+        for device in list(queues):
+            order.append(device)
+            queues[device] -= 1
+            if not queues[device]:
+                del queues[device]
+    chunks: list[bytes] = []
+    mark = 0
+    parent: int | None = None
+    for first in range(0, total, per_commit):
+        files: list[bytes] = []
+        devices = order[first : first + per_commit]
+        for step, device in enumerate(devices, start=first):
+            moment += timedelta(minutes=1)
+            text = handoff_text(f"Earlier work number {step} on {device}", fact=f"seed {step}")
+            name, data = stored_handoff(device, text, moment)
+            mark += 1
+            chunks.append(b"blob\nmark :%d\ndata %d\n%s\n" % (mark, len(data), data))
+            path = f"{HANDOFFS_DIR}/{device}/{name}".encode()
+            files.append(b"M 100644 :%d %s\n" % (mark, path))
+        mark += 1
+        subject = f"handoff({devices[-1]}): Earlier work number {first}".encode()
+        header = b"commit %s\nmark :%d\ncommitter %s <%s@convosyncd.invalid> %d +0000\n" % (
+            REF.encode(),
+            mark,
+            devices[-1].encode(),
+            devices[-1].encode(),
+            int(moment.timestamp()),
+        )
+        body = b"data %d\n%s\n" % (len(subject), subject)
+        from_line = b"from :%d\n" % parent if parent is not None else b""
+        chunks.append(header + body + from_line + b"".join(files) + b"\n")
+        parent = mark
+    result = subprocess.run(
+        ["git", "fast-import", "--quiet", "--force"],
+        cwd=remote,
+        input=b"".join(chunks),
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BenchError(
+            f"fast-import failed in {remote}: {result.stderr.decode(errors='replace')}"
+        )
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def slug(text: str) -> str:
+    return _SAFE.sub("-", text).strip("-")
