@@ -145,7 +145,11 @@ def load(path: Path, *, repair: bool = True) -> tuple[RepoState, bool]:
         return RepoState(), False
 
 
-def save(path: Path, state: RepoState) -> None:
-    """Store ``state`` at ``path`` atomically."""
-    data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
-    write_atomically(path, data)
+def encode(state: RepoState) -> bytes:
+    """The file's bytes for ``state``."""
+    return json.dumps(state.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def save(path: Path, state: RepoState, *, durable: bool = True) -> None:
+    """Store ``state`` at ``path`` atomically (flushed to disk if ``durable``)."""
+    write_atomically(path, encode(state), durable=durable)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -104,6 +105,10 @@ class CycleResult:
     publish_at: float | None = None
 
 
+def _without_poll(data: bytes) -> bytes:
+    return re.sub(rb'"last_poll": \{[^}]*\}', b"", data)
+
+
 def now_text() -> str:
     return format_time(datetime.now(timezone.utc))
 
@@ -139,6 +144,7 @@ class RepoSync:
         self._tracked: set[str] | None = None
         self.catalog = Catalog(self.branch, max_bytes=config.max_draft_bytes)
         self._first_seen: tuple[drafts.Signature, float] | None = None
+        self._saved: bytes | None = None
         self._layout_checked = 0.0
         self._refreshed_tip: str | None = None
         # mode = "inline": the handoffs file is also committed on the person's branch.
@@ -277,10 +283,18 @@ class RepoSync:
         self.state.notified_problems = [*self.state.notified_problems[-19:], key]
 
     def _save(self) -> None:
+        """Write the state file if it changed; flush it to disk unless only the time of
+        the last poll moved (losing that to a power cut costs nothing)."""
+        data = states.encode(self.state)
+        if data == self._saved:
+            return
+        polled_only = self._saved is not None and _without_poll(data) == _without_poll(self._saved)
         try:
-            states.save(self.state_path, self.state)
+            states.save(self.state_path, self.state, durable=not polled_only)
         except OSError as error:
             log.error("cannot save state %s: %s", self.state_path, error)
+            return
+        self._saved = data
 
     # -- the work tree ---------------------------------------------------------------
 
@@ -309,6 +323,10 @@ class RepoSync:
 
     def publish(self, *, require_settled: bool = True) -> PublishResult:
         """Publish the draft if there is one (and it has settled); never pushes."""
+        if drafts.peek(self.tree.draft) is None and self.state.draft_problem is None:
+            # Nothing to take in: not worth the repo lock on every idle poll.
+            self._first_seen = None
+            return PublishResult("none")
         with self._local():
             try:
                 draft = drafts.read(self.tree.draft, self.config.max_draft_bytes)
