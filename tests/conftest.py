@@ -64,3 +64,11 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     before = _fingerprint()
     yield home
     assert _fingerprint() == before, "a test touched the real home's convosync folders"
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """A bare remote with one commit on ``main``, shared by the test's devices."""
+    from tests.support.devices import make_remote
+
+    return make_remote(tmp_path)

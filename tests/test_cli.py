@@ -8,12 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.devices import Device, git, handoff_text, make_device, make_remote, run_cli
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    return make_remote(tmp_path)
+from tests.support.devices import Device, git, handoff_text, make_device, run_cli
 
 
 @pytest.fixture

@@ -22,11 +22,6 @@ from tests.support.devices import (
 from tests.support.network import silent_listener
 
 
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    return make_remote(tmp_path)
-
-
 def on_remote(remote: Path) -> list[str]:
     output = git(remote, "ls-tree", "-r", "--name-only", "refs/heads/convosync", check=False)
     return [line for line in output.splitlines() if line]

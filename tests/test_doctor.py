@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from convosyncd import doctor
-from tests.support.dbus_session import RecordingNotificationServer, env_for_bus, need_tool
+from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
 from tests.support.devices import Device, git, handoff_text, make_device, make_remote
 from tests.support.network import silent_listener
+from tests.support.sshd import running_agent
 
 
 @pytest.fixture
@@ -115,26 +113,8 @@ def test_a_hung_notification_server_is_reported(
 
 @pytest.fixture
 def ssh_agent() -> Iterator[str]:
-    """A real ssh-agent, our child, on a fresh socket; yields SSH_AUTH_SOCK."""
-    need_tool("ssh-agent", "Debian's openssh-client")
-    folder = Path(tempfile.mkdtemp(prefix="cvs-agent-", dir="/tmp"))
-    socket_path = folder / "agent.sock"
-    agent = subprocess.Popen(
-        ["ssh-agent", "-D", "-a", str(socket_path)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert agent.poll() is None and time.monotonic() < deadline, "ssh-agent did not start"
-            time.sleep(0.02)
-        yield str(socket_path)
-    finally:
-        agent.terminate()
-        agent.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
+    with running_agent() as socket_path:
+        yield socket_path
 
 
 def test_an_ssh_agent_that_answers_and_one_that_does_not(

@@ -22,11 +22,6 @@ WHO = Identity("Test Person", "person@example.invalid")
 
 
 @pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    return make_remote(tmp_path)
-
-
-@pytest.fixture
 def desktop(tmp_path: Path, remote: Path) -> Device:
     return make_device(tmp_path, remote, "desktop")
 

@@ -37,7 +37,7 @@ from tests.support.claude import (
     parse_hook_output,
     run_session_start,
 )
-from tests.support.devices import Device, git, handoff_text, make_device, make_remote
+from tests.support.devices import Device, git, handoff_text, make_device
 
 PIZZA = "the person's favourite pizza is Margherita"
 NOW = datetime(2026, 11, 23, 22, 0, tzinfo=timezone.utc)
@@ -136,11 +136,6 @@ def test_input_that_never_ends_costs_a_bounded_wait() -> None:
 
 
 # -- the real thing --------------------------------------------------------------------
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    return make_remote(tmp_path)
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from tests.support.devices import (
     Device,
     git,
     handoff_text,
+    interrupt,
     make_device,
-    make_remote,
     snapshot,
     wait_until,
 )
@@ -77,11 +77,6 @@ def inline_problem(device: Device) -> str:
     (repo,) = device.status()["repos"]
     problem = repo["inline_problem"]
     return str(problem["message"]) if problem else ""
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    return make_remote(tmp_path)
 
 
 @pytest.fixture
@@ -267,20 +262,7 @@ def test_nothing_is_committed_mid_operation(
     desktop: Device, laptop: Device, kind: str, reason: str
 ) -> None:
     repo = desktop.repo
-    if kind == "detached":
-        git(repo, "checkout", "--quiet", "--detach", "HEAD")
-    else:
-        git(repo, "checkout", "--quiet", "-b", "feature")
-        (repo / "README.md").write_text("# feature side\n", encoding="utf-8")
-        git(repo, "commit", "--quiet", "-am", "feature")
-        git(repo, "checkout", "--quiet", "main")
-        (repo / "README.md").write_text("# main side\n", encoding="utf-8")
-        git(repo, "commit", "--quiet", "-am", "main")
-        if kind == "merge":
-            git(repo, "merge", "feature", check=False)
-        else:
-            git(repo, "checkout", "--quiet", "feature")
-            git(repo, "rebase", "main", check=False)
+    interrupt(repo, kind)
     before = snapshot(repo)
     laptop.write_draft(handoff_text("While busy", fact=PIZZA))
     cycle(laptop)

@@ -7,22 +7,14 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.stress import draft_with_marker, markers_on
 from tests.support.devices import (
     Device,
     git,
     handoff_text,
     make_device,
-    make_remote,
     wait_until,
 )
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    return make_remote(tmp_path)
 
 
 def last_error(device: Device) -> str:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
-from tests.support.devices import git, handoff_text, make_device, make_remote
+from tests.support.devices import git, handoff_text, make_device
 from tests.support.fake_secrets import SAMPLES, _pem
 
 
@@ -34,11 +32,6 @@ def all_objects(repo: Path) -> bytes:
         check=True,
         timeout=60,
     ).stdout
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    return make_remote(tmp_path)
 
 
 def test_redact_replaces_every_kind_and_nothing_secret_is_stored(

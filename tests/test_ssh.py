@@ -112,7 +112,7 @@ def test_the_key_in_an_agent_works(tmp_path: Path, sshd: SshServer, ssh_device: 
     key = make_key(tmp_path / "id_agent")
     sshd.authorize(key.with_suffix(".pub"))
     known = sshd.known_hosts(tmp_path / "known_hosts")
-    with running_agent(tmp_path) as agent:
+    with running_agent() as agent:
         subprocess.run(
             ["ssh-add", str(key)],
             env={"SSH_AUTH_SOCK": agent, "PATH": "/usr/bin:/bin"},

@@ -16,7 +16,14 @@ import pytest
 from convosyncd import config as configs
 from convosyncd.notify import Notifier
 from convosyncd.sync import RepoSync
-from tests.support.devices import Device, git, handoff_text, make_device, make_remote, snapshot
+from tests.support.devices import (
+    Device,
+    git,
+    handoff_text,
+    interrupt,
+    make_device,
+    snapshot,
+)
 from tests.support.network import silent_listener
 
 
@@ -25,11 +32,6 @@ def engine(device: Device, **overrides: Any) -> RepoSync:
         device.write_config(**overrides)
     config = configs.load(device.config)
     return RepoSync(config, config.repos[0], Notifier(enabled=False, timeout=1))
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    return make_remote(tmp_path)
 
 
 @pytest.fixture
@@ -182,17 +184,7 @@ def _prepare_user_mess(repo: Path, kind: str) -> None:
         (repo / "after-stash.txt").write_text("x\n", encoding="utf-8")
     elif kind in ("merge", "rebase"):
         git(repo, "stash", "push", "--include-untracked", "-m", "keep")
-        git(repo, "checkout", "--quiet", "-b", "feature")
-        (repo / "README.md").write_text("# feature side\n", encoding="utf-8")
-        git(repo, "commit", "--quiet", "-am", "feature")
-        git(repo, "checkout", "--quiet", "main")
-        (repo / "README.md").write_text("# main side\n", encoding="utf-8")
-        git(repo, "commit", "--quiet", "-am", "main")
-        if kind == "merge":
-            git(repo, "merge", "feature", check=False)
-        else:
-            git(repo, "checkout", "--quiet", "feature")
-            git(repo, "rebase", "main", check=False)
+        interrupt(repo, kind)
     elif kind == "detached":
         git(repo, "checkout", "--quiet", "--detach", "HEAD")
 

@@ -315,3 +315,21 @@ def snapshot(repo: Path) -> dict[str, str]:
         "files": json.dumps(files, sort_keys=True),
         **special,
     }
+
+
+def interrupt(repo: Path, kind: str) -> None:
+    """Leave ``repo`` mid-``merge`` or mid-``rebase`` (with a conflict), or ``detached``."""
+    if kind == "detached":
+        git(repo, "checkout", "--quiet", "--detach", "HEAD")
+        return
+    git(repo, "checkout", "--quiet", "-b", "feature")
+    (repo / "README.md").write_text("# feature side\n", encoding="utf-8")
+    git(repo, "commit", "--quiet", "-am", "feature")
+    git(repo, "checkout", "--quiet", "main")
+    (repo / "README.md").write_text("# main side\n", encoding="utf-8")
+    git(repo, "commit", "--quiet", "-am", "main")
+    if kind == "merge":
+        git(repo, "merge", "feature", check=False)
+    else:
+        git(repo, "checkout", "--quiet", "feature")
+        git(repo, "rebase", "main", check=False)

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dbus_session import in_ci
+from tests.support.dbus_session import in_ci, need_tool
 
 
 def need_sshd() -> str:
@@ -168,8 +169,11 @@ def running_sshd(folder: Path) -> Iterator[SshServer]:
 
 
 @contextmanager
-def running_agent(folder: Path) -> Iterator[str]:
-    """An ssh-agent of our own; yields its socket path."""
+def running_agent() -> Iterator[str]:
+    """An ssh-agent of our own, a child process on a fresh short socket path (unix
+    socket paths are limited to about 107 bytes); yields its ``SSH_AUTH_SOCK``."""
+    need_tool("ssh-agent", "Debian's openssh-client")
+    folder = Path(tempfile.mkdtemp(prefix="cvs-agent-", dir="/tmp"))
     socket_path = folder / "agent.sock"
     process = subprocess.Popen(
         ["ssh-agent", "-D", "-a", str(socket_path)],
@@ -186,4 +190,5 @@ def running_agent(folder: Path) -> Iterator[str]:
         yield str(socket_path)
     finally:
         process.terminate()
-        process.wait(timeout=5)
+        process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
