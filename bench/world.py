@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from convosyncd.handoff import (
 from tests.support.devices import (
     DaemonProcess,
     Device,
-    cli_env,
     handoff_text,
     make_device,
     make_remote,
@@ -305,28 +303,14 @@ class Daemon:
             raise BenchError(f"the daemon exited with {code}:\n{self.process.log()[-3000:]}")
 
 
-def _daemon_env(extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = cli_env(extra)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
 def start_daemon(
     device: Device, env: Mapping[str, str] | None = None, *, timeout: float = 60
 ) -> Daemon:
     """Start ``convosyncd run`` for ``device``; wait (polling its log) until it is ready."""
-    log_path = device.root / f"daemon-{time.monotonic_ns()}.log"
     started_at = time.time()
     begin = time.monotonic()
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "convosyncd", "--config", str(device.config), "run"],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=_daemon_env(env),
-        )
-    handle = DaemonProcess(device, process, log_path)
+    handle = DaemonProcess.start(device, env, wait_ready=False, bytecode=True)
+    process = handle.process
     ready: list[float] = []
 
     def is_ready() -> bool:

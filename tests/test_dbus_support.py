@@ -45,6 +45,7 @@ from tests.support.dbus_session import (
     env_for_bus,
     jeepney_notify,
     kill_and_reap,
+    missing,
     need_tool,
     private_bus,
     read_records,
@@ -222,7 +223,7 @@ def test_plyer_dbus_python_backend_arrives(
     """plyer's NotifyDbus backend: dbus-python needs our Introspect to type ``[]`` and ``{}``."""
     python = python_with_dbus_module()
     if python is None:
-        pytest.skip("no Python with the dbus module: install Debian's python3-dbus")
+        missing("no Python with the dbus module: install Debian's python3-dbus")
     env = env_for_bus(session_bus)
     if python != sys.executable:
         # Give that interpreter this venv's plyer (pure Python) and nothing else.

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 from xml.sax.saxutils import escape as xml_escape
 
 import pytest
@@ -92,7 +92,11 @@ def need_tool(name: str, package: str) -> None:
     """
     if shutil.which(name) is not None:
         return
-    message = missing_tool_message(name, package)
+    missing(missing_tool_message(name, package))
+
+
+def missing(message: str) -> NoReturn:
+    """Skip the running test for want of ``message``'s tool, or fail it when ``CI=true``."""
     if in_ci():
         pytest.fail(f"{message} [CI=true: a missing tool fails instead of skipping]", pytrace=False)
     pytest.skip(message)

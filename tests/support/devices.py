@@ -191,10 +191,18 @@ def make_device(
     return device
 
 
-def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def cli_env(extra: Mapping[str, str] | None = None, *, bytecode: bool = False) -> dict[str, str]:
+    """The environment of a convosyncd subprocess: this checkout first on the path.
+
+    Tests keep Python from writing ``__pycache__`` into the checkout; the benchmark lets
+    it (``bytecode``), as an installed package would have it.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra or {})
     return env
 
@@ -228,7 +236,12 @@ class DaemonProcess:
 
     @classmethod
     def start(
-        cls, device: Device, env: Mapping[str, str] | None = None, *, wait_ready: bool = True
+        cls,
+        device: Device,
+        env: Mapping[str, str] | None = None,
+        *,
+        wait_ready: bool = True,
+        bytecode: bool = False,
     ) -> DaemonProcess:
         log_path = device.root / f"daemon-{time.monotonic_ns()}.log"
         with log_path.open("wb") as log_file:
@@ -237,7 +250,7 @@ class DaemonProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=cli_env(env),
+                env=cli_env(env, bytecode=bytecode),
             )
         daemon = cls(device, process, log_path)
         if wait_ready:
