@@ -296,14 +296,16 @@ def save_repo(config_path: Path, repo: RepoConfig) -> bool:
     if repos is None:
         repos = tomlkit.aot()
         document.append("repos", repos)
-    for index, existing in enumerate(repos):
+    for existing in repos:
         if _resolve(Path(str(existing.get("path", "")))) == repo.path:
             if (
                 existing.get("remote", "origin") == repo.remote
                 and existing.get("branch", "convosync") == repo.branch
             ):
                 return False
-            repos[index] = table
+            # Edit the table in place: its comments and other keys (a hand-set mode) stay.
+            existing["remote"] = repo.remote
+            existing["branch"] = repo.branch
             break
     else:
         repos.append(table)

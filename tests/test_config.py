@@ -109,3 +109,14 @@ def test_device_names_are_sanitized() -> None:
     assert configs.sanitize_device("My Laptop!") == "My-Laptop"
     assert configs.sanitize_device("---") == "device"
     assert configs.sanitize_device("a" * 100) == "a" * 64
+
+
+def test_re_adding_with_another_remote_keeps_the_tables_other_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[repos]]\npath = "/src/app"  # my app\nremote = "origin"\nmode = "inline"\n',
+    )
+    assert configs.save_repo(path, RepoConfig(Path("/src/app"), "upstream", "convosync"))
+    [repo] = configs.load(path).repos
+    assert (repo.remote, repo.mode) == ("upstream", "inline")
+    assert "# my app" in path.read_text(encoding="utf-8")
