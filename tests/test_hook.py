@@ -158,8 +158,17 @@ def hook(
     device: Device, cwd: Path | None = None, stdin: str | None = None, encoding: str = "utf-8"
 ) -> str:
     """Run ``resume --hook`` as the session start of ``device``; its standard output."""
+    result = run_hook(device, cwd, stdin, encoding)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def run_hook(
+    device: Device, cwd: Path | None = None, stdin: str | None = None, encoding: str = "utf-8"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``resume --hook`` as the session start of ``device``, in ``cwd``."""
     where = cwd or device.repo
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "convosyncd", "--config", str(device.config), "resume", "--hook"],
         input=hook_input(where) if stdin is None else stdin,
         capture_output=True,
@@ -173,8 +182,6 @@ def hook(
         },
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_the_pizza_test(tmp_path: Path, desktop: Device, laptop: Device) -> None:
@@ -337,16 +344,7 @@ def test_two_sessions_starting_together_stay_valid(desktop: Device, laptop: Devi
 
 
 def test_a_stale_local_copy_is_said_once_and_never_blocks(desktop: Device, laptop: Device) -> None:
-    quiet = subprocess.run(
-        [sys.executable, "-m", "convosyncd", "--config", str(laptop.config), "resume", "--hook"],
-        input=hook_input(laptop.repo),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=laptop.repo,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        check=False,
-    )
+    quiet = run_hook(laptop)
     assert quiet.returncode == 0 and quiet.stdout == ""
     assert "has never checked the remote" in quiet.stderr
     assert len(quiet.stderr.splitlines()) == 1

@@ -173,22 +173,14 @@ def run(args: argparse.Namespace) -> int:
 
         pushed = _wait_for(on_remote, WAIT)
         if pushed is None:
-            print(
-                "  ✗ the desktop did not publish; its log:\n" + _read(logs["desktop"]),
-                file=sys.stderr,
-            )
-            return 1
+            return _failed("the desktop did not publish", logs["desktop"])
         print(
             f"  4. desktop: published on the sync branch and pushed, {pushed:.2f} s after the write"
         )
         handoffs = laptop / CONVOSYNC_DIR / MATERIALIZED_NAME
         arrived = _wait_for(lambda: "Handoff from desktop" in _read(handoffs), WAIT)
         if arrived is None:
-            print(
-                "  ✗ the laptop did not receive it; its log:\n" + _read(logs["laptop"]),
-                file=sys.stderr,
-            )
-            return 1
+            return _failed("the laptop did not receive it", logs["laptop"])
         print(
             f"  5. laptop: it arrived in {CONVOSYNC_DIR}/{MATERIALIZED_NAME}, "
             f"{time.monotonic() - written:.2f} s after the write"
@@ -239,6 +231,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _failed(what: str, log: Path) -> int:
+    print(f"  ✗ {what}; its log:\n{_read(log)}", file=sys.stderr)
+    return 1
 
 
 def _read(path: Path) -> str:
