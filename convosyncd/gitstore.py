@@ -12,7 +12,9 @@ New trees are computed in memory (:mod:`convosyncd.trees`) and written together 
 
 The sync branch's tip is asked of git, then remembered for as long as its loose ref
 file stays the very same file (same inode, size and modification time): every update
-of a loose ref replaces the file, so an idle poll needs no ``rev-parse`` at all.
+of a loose ref replaces the file, so an idle poll needs no ``rev-parse`` at all. A remote
+that is a repository on a local disk is asked by reading its ref file
+(:mod:`convosyncd.localremote`), so an idle poll of it starts no git at all either.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from convosyncd import merge
+from convosyncd import localremote, merge
 from convosyncd.errors import GitError
 from convosyncd.gitcmd import Git
 from convosyncd.handoff import HANDOFFS_DIR
@@ -51,6 +53,8 @@ FILE_MODES = ("100644", "100755")
 _CACHE_SIZE = 64
 _LISTED_ENTRIES = 50_000
 """Entries kept in cached tree listings, all trees together (a few versions of a big folder)."""
+LOCAL_RETRY = 600.0
+"""Seconds before a remote that could not be read directly is located again."""
 _LS_TREE_RE = re.compile(
     r"^(?P<mode>\d{6}) (?P<kind>\w+) (?P<oid>[0-9a-f]{40,64})\t(?P<name>.+)$", re.S
 )
@@ -91,6 +95,10 @@ class SyncBranch:
         self._common_dir: Path | None = None
         self._ref_file: Path | None = None
         self._tip: tuple[_FileIdentity, str] | None = None
+        self._local: localremote.LocalRemote | None = None
+        self._local_for: tuple[_FileIdentity | None, ...] | None = None
+        self._local_retry_at = 0.0
+        self._config_paths: tuple[str, ...] | None = None
 
     # -- reading --------------------------------------------------------------------
 
@@ -385,12 +393,62 @@ class SyncBranch:
 
     def ls_remote(self) -> str | None:
         """The remote's sync branch tip, asked cheaply (no objects), or None if absent."""
+        local = self._local_remote()
+        if local is not None:
+            try:
+                return local.read(self.ref)
+            except localremote.Unreadable as why:
+                log.info("%s: asking git for the remote's tip: %s", self.git.worktree, why)
+                self._local = None
+                self._local_retry_at = time.monotonic() + LOCAL_RETRY
         output = self.git.run("ls-remote", self.remote, self.ref, network=True).text
         for line in output.splitlines():
             oid, _, name = line.partition("\t")
             if name == self.ref:
                 return oid
         return None
+
+    def _local_remote(self) -> localremote.LocalRemote | None:
+        """The remote as a folder to read, located again whenever a git config file
+        changes (the remote's URL or an ``insteadOf`` may have), or None."""
+        key = self._config_files()
+        if key != self._local_for or (
+            self._local is None and time.monotonic() >= self._local_retry_at
+        ):
+            self._local = self._locate_local()
+            self._local_for = key
+            self._local_retry_at = time.monotonic() + LOCAL_RETRY
+        return self._local
+
+    def _locate_local(self) -> localremote.LocalRemote | None:
+        url = self.git.run("ls-remote", "--get-url", self.remote, check=False)
+        if url.returncode != 0 or not url.text:
+            return None
+        # A remote with its own upload-pack program or a remote helper is git's to run.
+        pattern = rf"^remote\.{re.escape(self.remote)}\.(uploadpack|vcs)$"
+        own = self.git.run("config", "--get-regexp", pattern, check=False)
+        if own.returncode == 0 and own.text:
+            return None
+        found = localremote.locate(url.text, self.git.worktree)
+        if found is not None:
+            log.debug("%s: %s is read directly (%s)", self.git.worktree, url.text, found.git_dir)
+        return found
+
+    def _config_files(self) -> tuple[_FileIdentity | None, ...]:
+        """The identities of the config files that can change what the remote is."""
+        if self._config_paths is None:
+            home = Path(os.environ.get("HOME", "~")).expanduser()
+            xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+            global_file = os.environ.get("GIT_CONFIG_GLOBAL")
+            paths = [self._git_dir() / "config", self._git_dir() / "config.worktree"]
+            if global_file:
+                paths.append(Path(global_file))
+            else:
+                paths += [home / ".gitconfig", xdg / "git" / "config"]
+            if not os.environ.get("GIT_CONFIG_NOSYSTEM"):
+                paths.append(Path(os.environ.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig"))
+            self._config_paths = tuple(str(path) for path in paths)
+        return tuple(_identity(path) for path in self._config_paths)
 
     def fetch(self) -> None:
         """Fetch the remote's sync branch into ``refs/convosync/remotes/...``."""
@@ -471,6 +529,14 @@ class SyncBranch:
             common = Path(self.git.out("rev-parse", "--git-common-dir"))
             self._common_dir = (self.git.worktree / common).resolve()
         return self._common_dir
+
+
+def _identity(path: str) -> _FileIdentity | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def _push_status(porcelain: str, ref: str) -> str | None:

@@ -640,6 +640,9 @@ class RepoSync:
 
     def refresh(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Rewrite ``session-handoff.md`` and notify what arrived since the last time."""
+        if self._refreshed(self.branch.tip()):
+            # The idle case: nothing new to write or notify, not worth the repo lock.
+            return (), ()
         with self._local():
             tip = self.branch.tip()
             self.state.local_tip = tip
@@ -677,6 +680,16 @@ class RepoSync:
             notified.append(f"{device}/{name}")
         names = tuple(f"{device}/{name}" for device, items in arrived.items() for name in items)
         return names, tuple(notified)
+
+    def _refreshed(self, tip: str | None) -> bool:
+        """Whether ``tip`` is written, notified and known, and the file still there."""
+        with self._lock:
+            return (
+                tip is not None
+                and tip == self._refreshed_tip == self.state.notified_through
+                and tip == self.state.local_tip
+                and self.tree.materialized.exists()
+            )
 
     def _materialize(self, tip: str) -> None:
         if self.inline is not None:

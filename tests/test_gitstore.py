@@ -99,6 +99,8 @@ def test_a_big_folder_gets_one_more_file_and_stays_a_valid_tree(desktop: Device)
 def test_an_idle_poll_asks_the_remote_once_and_nothing_else(desktop: Device) -> None:
     config = configs.load(desktop.config)
     sync = RepoSync(config, config.repos[0], Notifier(enabled=False, timeout=1))
+    # A remote git has to be asked (one with an upload-pack of its own): one ls-remote.
+    git(desktop.repo, "config", "remote.origin.uploadpack", "git-upload-pack")
     desktop.write_draft(handoff_text("Something to have a branch"))
     assert sync.cycle(require_settled=False).pushed
     assert sync.cycle().ok
