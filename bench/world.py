@@ -373,6 +373,21 @@ class PlumbingPublisher:
     def _git(self, *args: str, input: bytes | None = None) -> str:
         return git(self.repo, *args, input=input, timeout=None)
 
+    def adopt_remote_branch(self) -> None:
+        """Continue the remote's sync branch: fetch it and list its three folders once."""
+        self._git("fetch", "--quiet", self.remote, f"+{REF}:{REF}")
+        self.tip = self._git("rev-parse", REF)
+        for lines, spec in (
+            (self.top, f"{REF}^{{tree}}"),
+            (self.devices, f"{REF}:{HANDOFFS_DIR}"),
+            (self.folder, f"{REF}:{HANDOFFS_DIR}/{self.device}"),
+        ):
+            for record in self._git("ls-tree", "-z", spec).split("\0"):
+                if record:
+                    info, _, name = record.partition("\t")
+                    mode, kind, oid = info.split()
+                    lines[name] = _tree_line(mode, kind, oid, name)
+
     def _mktree(self, lines: dict[str, bytes]) -> str:
         return self._git("mktree", "-z", input=b"".join(lines.values()))
 

@@ -6,6 +6,10 @@ more into branches holding the handoffs of 2 and of 50 devices. Their samples ta
 turns. Timed from the draft's write to the local sync ref and to the remote, less the
 ``settle`` every publish waits first, and, for the device counts, from the local ref
 to the rewritten ``.convosync/session-handoff.md`` (which lists every device's newest).
+
+Beside each history size, its floor: the same publish done with git plumbing alone
+(:class:`bench.world.PlumbingPublisher`) into a copy of the same seeded branch, in the
+same turns, so that what the layout costs git can be told from what the daemon adds.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from bench import world
 from bench.context import Context
 from bench.report import Row
-from bench.sections.publish import quiet
+from bench.sections.publish import floor_sample, quiet
 from bench.stats import Summary, ratio, seconds
 from tests.support.devices import Device, make_device
 
@@ -35,6 +39,9 @@ class _Subject:
     to_local: list[float] = field(default_factory=list)
     to_remote: list[float] = field(default_factory=list)
     rewrite: list[float] = field(default_factory=list)
+    floor: world.PlumbingPublisher | None = None
+    floor_device: Device | None = None
+    floor_times: list[float] = field(default_factory=list)
 
 
 def _sample(subject: _Subject, marker: str) -> tuple[float, float, float]:
@@ -70,6 +77,13 @@ def _subject(context: Context, kind: str, size: int, stack: ExitStack) -> _Subje
     started = time.monotonic()
     world.seed_history(remote, seeded, per_commit=per_commit)
     context.say(f"history: seeded {label} in {time.monotonic() - started:.1f} s")
+    floor: world.PlumbingPublisher | None = None
+    floor_device: Device | None = None
+    if kind == "handoffs":
+        floor_remote = world.copy_remote(remote, root / f"floor-{name}.git")
+        floor_device = make_device(root, floor_remote, f"floor-{name}", register=False)
+        floor = world.PlumbingPublisher(floor_device.repo, device_name)
+        floor.adopt_remote_branch()
     device = make_device(
         root, remote, device_name, settle=SETTLE, pull_interval=600.0, notify=False
     )
@@ -80,7 +94,7 @@ def _subject(context: Context, kind: str, size: int, stack: ExitStack) -> _Subje
         TIMEOUT,
         f"{device.name} to take the seeded branch in",
     )
-    return _Subject(label, kind, size, device, daemon)
+    return _Subject(label, kind, size, device, daemon, floor=floor, floor_device=floor_device)
 
 
 def run(context: Context) -> None:
@@ -95,10 +109,15 @@ def run(context: Context) -> None:
                 number += 1
                 local, remote, rewrite = _sample(subject, f"history-{number:04d}")
                 quiet(subject.device, SETTLE)
+                floor_time = None
+                if subject.floor is not None and subject.floor_device is not None:
+                    floor_time = floor_sample(subject.floor, subject.floor_device, f"f-{number}")
                 if index >= plan.warmup:
                     subject.to_local.append(local)
                     subject.to_remote.append(remote)
                     subject.rewrite.append(rewrite)
+                    if floor_time is not None:
+                        subject.floor_times.append(floor_time)
         for subject in subjects:
             problems = world.problems_in_log(subject.daemon)
             if problems:
@@ -127,6 +146,16 @@ def _report(context: Context, subjects: list[_Subject]) -> None:
                 Summary.of(subject.to_remote),
             )
         )
+        if subject.floor_times:
+            add(
+                Row(
+                    "history",
+                    "floor: the same publish with git plumbing alone, to the remote",
+                    subject.label,
+                    Summary.of(subject.floor_times),
+                    note="a copy of the same branch; interleaved",
+                )
+            )
     for subject in subjects:
         if subject.kind == "devices":
             add(
@@ -166,6 +195,31 @@ def _report(context: Context, subjects: list[_Subject]) -> None:
                     note="the latency a person sees",
                 )
             )
+            if what == "remote" and small.floor_times and large.floor_times:
+                floor_large = Summary.of(large.floor_times).median
+                floor_small = Summary.of(small.floor_times).median
+                add(
+                    Row(
+                        "history",
+                        f"floor to the remote: {large.size:,} ÷ {small.size:,} handoffs",
+                        "medians, git plumbing alone",
+                        value=ratio(floor_large / floor_small),
+                        note=f"{seconds(floor_large)} over {seconds(floor_small)}: "
+                        "what the one-folder layout costs git itself",
+                    )
+                )
+                for subject in (small, large):
+                    daemon = Summary.of(subject.to_remote).median
+                    floor = Summary.of(subject.floor_times).median
+                    add(
+                        Row(
+                            "history",
+                            "daemon ÷ floor, to the remote (medians, less settle)",
+                            subject.label,
+                            value=ratio(daemon / floor),
+                            note=f"{seconds(daemon)} over {seconds(floor)}",
+                        )
+                    )
             context.report.target(
                 "history",
                 f"publish to the {what} with {large.size:,} handoffs ≤ 1.2 × with "
