@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from convosyncd.errors import GitError, GitTimeout
+from convosyncd.sshshare import SshSharing
 
 log = logging.getLogger(__name__)
 
@@ -287,19 +288,57 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 
 class Git:
-    """git bound to one work tree, with its time limits and its ssh command."""
+    """git bound to one work tree, with its time limits and its ssh command.
 
-    def __init__(self, worktree: Path, *, network_timeout: float) -> None:
+    With ``sharing`` (the daemon's), network commands to ``remote`` reuse one ssh
+    connection per server (:mod:`convosyncd.sshshare`).
+    """
+
+    def __init__(
+        self,
+        worktree: Path,
+        *,
+        network_timeout: float,
+        sharing: SshSharing | None = None,
+        remote: str | None = None,
+    ) -> None:
         self.worktree = worktree
         self.network_timeout = network_timeout
+        self.sharing = sharing
+        self.remote = remote
         self._env: dict[str, str] | None = None
+        self._env_stamp: tuple[FileIdentity | None, ...] | None = None
+        self._config_paths: tuple[str, ...] | None = None
+
+    def config_stamp(self) -> tuple[FileIdentity | None, ...]:
+        """The identities of every git config file that applies here: any edit (a new
+        remote URL, an ``insteadOf``, another ``core.sshCommand``) changes it."""
+        if self._config_paths is None:
+            common = Path(self.out("rev-parse", "--git-common-dir"))
+            self._config_paths = config_files((self.worktree / common).resolve())
+        return tuple(file_identity(path) for path in self._config_paths)
 
     def _environment(self) -> dict[str, str]:
-        if self._env is None:
+        stamp = self.config_stamp()
+        if self._env is None or stamp != self._env_stamp:
             configured = self.run("config", "--get", "core.sshCommand", check=False).text
             base_ssh = os.environ.get("GIT_SSH_COMMAND") or configured or None
-            self._env = git_environment(ssh=ssh_command(base_ssh, self.network_timeout))
+            command = ssh_command(base_ssh, self.network_timeout)
+            if self.sharing is not None and self.remote is not None:
+                command += self.sharing.options(command, self._remote_urls(self.remote))
+            self._env = git_environment(ssh=command)
+            self._env_stamp = stamp
         return self._env
+
+    def _remote_urls(self, remote: str) -> list[str]:
+        """Every fetch and push URL of ``remote`` (``insteadOf`` applied); [] if unknown."""
+        urls: list[str] = []
+        for push in ((), ("--push",)):
+            result = self.run("remote", "get-url", *push, "--all", remote, check=False)
+            if result.returncode != 0:
+                return []
+            urls += result.text.splitlines()
+        return urls
 
     def run(
         self,
@@ -324,9 +363,12 @@ class Git:
                 check=check,
                 env=env,
             )
-        except GitError:
+        except GitError as error:
             if network:
                 self.forget_environment()
+                if isinstance(error, GitTimeout) and self.sharing is not None:
+                    # A shared connection may be what hung: the next ssh starts afresh.
+                    self.sharing.forget()
             raise
         if network and result.returncode != 0:
             self.forget_environment()
@@ -339,3 +381,33 @@ class Git:
     def out(self, *args: str) -> str:
         """Standard output of a command that must succeed."""
         return self.run(*args).text
+
+
+FileIdentity = tuple[int, int, int, int]
+
+
+def file_identity(path: str) -> FileIdentity | None:
+    """Device, inode, size and modification time of ``path``; None if it is not there.
+
+    git replaces a config or ref file to change it, so a changed file is a new identity.
+    """
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def config_files(common_dir: Path) -> tuple[str, ...]:
+    """The git config files that apply to the repository whose common folder is given."""
+    home = Path(os.environ.get("HOME", "~")).expanduser()
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    paths = [common_dir / "config", common_dir / "config.worktree"]
+    global_file = os.environ.get("GIT_CONFIG_GLOBAL")
+    if global_file:
+        paths.append(Path(global_file))
+    else:
+        paths += [home / ".gitconfig", xdg / "git" / "config"]
+    if not os.environ.get("GIT_CONFIG_NOSYSTEM"):
+        paths.append(Path(os.environ.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig"))
+    return tuple(str(path) for path in paths)
