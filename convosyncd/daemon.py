@@ -2,10 +2,17 @@
 
 Boring on purpose. Watcher events only schedule work: a draft event (re)schedules that
 repo's publish for the moment the draft will have been still for ``settle`` seconds;
-a timer runs every repo's full cycle every ``pull_interval`` seconds; a failed push is
-retried with a capped, jittered back-off. Jobs of one repo never overlap (APScheduler's
-``max_instances=1`` plus the repo's own locks), and a repo's failure is a result and a
-log line. SIGTERM and SIGINT let the publish in flight finish, then the daemon exits 0.
+every ``pull_interval`` seconds a poll round runs every repo's full cycle; a failed push
+is retried with a capped, jittered back-off, and a repo whose cycle fails leaves the
+rounds for retries of its own, further and further apart, until it succeeds again.
+
+The round polls a repo whose remote is a folder on the local disk right there, one after
+the other (such a poll starts no process and takes a fraction of a millisecond, and a
+thread hand-off per repo would cost several times the poll itself); any other repo's
+poll goes to the worker pool, so that a remote that hangs holds up nobody else. Jobs
+of one repo never overlap (APScheduler's ``max_instances=1`` plus the repo's own locks),
+and a repo's failure is a result and a log line. SIGTERM and SIGINT let the publish in
+flight finish, then the daemon exits 0.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import AlreadyRunning, ConfigError, ConvosyncError
 from convosyncd.handoff import Notification, plain_text
 from convosyncd.notify import Notifier
+from convosyncd.sshshare import SshSharing
 from convosyncd.sync import CycleResult, RepoSync
 from convosyncd.systemd_notify import NotifySocket, status_line
 from convosyncd.watcher import DraftWatcher
@@ -43,6 +51,7 @@ BACKOFF_START = 2.0
 BACKOFF_CAP = 60.0
 """Longest wait between retries: a remote that comes back is used within a minute."""
 WORKERS = 8
+ROUND_JOB = "poll-round"
 
 
 def guarded(job: Callable[[Daemon, str], None]) -> Callable[[Daemon, str], None]:
@@ -65,6 +74,12 @@ def backoff_delay(
     base = min(cap, start * 2.0 ** max(0, failures - 1))
     jitter: float = random.uniform(0.8, 1.0)  # noqa: S311 - jitter, not security
     return base * jitter
+
+
+def _ssh_persist(config: Config) -> int:
+    """Seconds a shared ssh connection outlives its last use: two polls and a margin, so
+    that a polling daemon keeps one connection per server rather than making new ones."""
+    return round(2 * config.pull_interval + 30)
 
 
 def _remote_url(sync: RepoSync) -> str:
@@ -105,6 +120,8 @@ class Daemon:
         self._scheduler: Any = None
         self._watcher = DraftWatcher(self._on_draft, self._on_layout, self._on_config_event)
         self.service = NotifySocket()
+        self.sharing: SshSharing | None = None
+        self._round_scheduled = False
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -141,6 +158,7 @@ class Daemon:
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT)
         }
+        self.sharing = SshSharing.create(persist=_ssh_persist(self.config))
         try:
             self._watcher.start()
             self._watcher.watch_config(self.config_path)
@@ -168,6 +186,8 @@ class Daemon:
             self._watcher.stop()
             if self._scheduler is not None and self._scheduler.running:
                 self._scheduler.shutdown(wait=True)
+            if self.sharing is not None:
+                self.sharing.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             if self._lock is not None:
@@ -212,6 +232,8 @@ class Daemon:
         self.config = config
         self.notifier.enabled = config.notify
         self.notifier.timeout = config.notify_timeout
+        if self.sharing is not None:
+            self.sharing.persist = _ssh_persist(config)
         wanted = {repo.path: repo for repo in config.repos}
         for path in list(self.repos):
             current = self.repos[path]
@@ -220,13 +242,16 @@ class Daemon:
         for path, repo in wanted.items():
             if path in self.repos:
                 self.repos[path].sync.reconfigure(config)
-                if config.pull_interval != previous_interval:
-                    self._schedule_poll(self.repos[path], delay=0)
             else:
                 self._add(repo)
+        if config.pull_interval != previous_interval or not self._round_scheduled:
+            # A new interval starts with a round now; the first round, one interval after
+            # start (every repo added has just had a poll of its own).
+            self._schedule_round(delay=0 if self._round_scheduled else config.pull_interval)
+            self._round_scheduled = True
 
     def _add(self, repo: RepoConfig) -> None:
-        sync = RepoSync(self.config, repo, self.notifier)
+        sync = RepoSync(self.config, repo, self.notifier, sharing=self.sharing)
         entry = _Repo(sync=sync, key=str(repo.path))
         self.repos[repo.path] = entry
         self._watcher.ensure(repo.path)
@@ -253,14 +278,24 @@ class Daemon:
             return max(interval, backoff_delay(entry.poll_failures, start=interval))
         return interval
 
+    def _schedule_round(self, *, delay: float) -> None:
+        self._submit(
+            self._round,
+            ROUND_JOB,
+            "interval",
+            seconds=self.config.pull_interval,
+            args=(ROUND_JOB,),
+            next_run_time=datetime.now().astimezone() + timedelta(seconds=delay),
+        )
+
     def _schedule_poll(self, entry: _Repo, *, delay: float) -> None:
+        """One poll of this repo alone, in the worker pool, ``delay`` seconds from now."""
         self._submit(
             self._poll,
             f"poll:{entry.key}",
-            "interval",
-            seconds=self._poll_interval(entry),
+            "date",
+            run_date=datetime.now().astimezone() + timedelta(seconds=delay),
             args=(entry.key,),
-            next_run_time=datetime.now().astimezone() + timedelta(seconds=delay),
         )
 
     def _submit(self, func: Callable[..., None], job_id: str, trigger: str, **options: Any) -> None:
@@ -284,6 +319,22 @@ class Daemon:
     # -- jobs -----------------------------------------------------------------------
 
     @guarded
+    def _round(self, key: str) -> None:
+        """Poll every repo not waiting out a back-off (see the module's docstring)."""
+        for entry in list(self.repos.values()):
+            if self.stopping.is_set():
+                return
+            if entry.poll_failures or entry.key not in self._keys():
+                continue  # failing: its own retry is scheduled; or removed meanwhile
+            if entry.sync.polls_in_process():
+                self._poll(entry.key)
+            else:
+                self._schedule_poll(entry, delay=0)
+
+    def _keys(self) -> set[str]:
+        return {entry.key for entry in list(self.repos.values())}
+
+    @guarded
     def _poll(self, key: str) -> None:
         entry = self._entry(key)
         if entry is None:
@@ -296,18 +347,17 @@ class Daemon:
         self._after_cycle(entry, result)
 
     def _after_cycle(self, entry: _Repo, result: CycleResult) -> None:
-        failed_before = entry.poll_failures
         entry.poll_failures = 0 if result.ok else entry.poll_failures + 1
-        if failed_before or entry.poll_failures:
-            # Each cycle also pushes, so a failing repo backs off as a whole.
+        if entry.poll_failures:
+            # Each cycle also pushes, so a failing repo backs off as a whole; once a
+            # retry succeeds, the repo is back in the rounds.
             delay = self._poll_interval(entry)
-            if entry.poll_failures:
-                log.info(
-                    "%s: %d handoff(s) waiting; next attempt in %.1f s",
-                    entry.sync.repo.path,
-                    result.pending,
-                    delay,
-                )
+            log.info(
+                "%s: %d handoff(s) waiting; next attempt in %.1f s",
+                entry.sync.repo.path,
+                result.pending,
+                delay,
+            )
             self._schedule_poll(entry, delay=delay)
         if result.publish_at is not None:
             self._schedule_publish(entry, at=result.publish_at)

@@ -98,7 +98,6 @@ class SyncBranch:
         self._local: localremote.LocalRemote | None = None
         self._local_for: tuple[_FileIdentity | None, ...] | None = None
         self._local_retry_at = 0.0
-        self._config_paths: tuple[str, ...] | None = None
 
     # -- reading --------------------------------------------------------------------
 
@@ -408,10 +407,14 @@ class SyncBranch:
                 return oid
         return None
 
+    def reads_remote_directly(self) -> bool:
+        """Whether :meth:`ls_remote` reads the remote's ref file (no git, no network)."""
+        return self._local_remote() is not None
+
     def _local_remote(self) -> localremote.LocalRemote | None:
         """The remote as a folder to read, located again whenever a git config file
         changes (the remote's URL or an ``insteadOf`` may have), or None."""
-        key = self._config_files()
+        key = self.git.config_stamp()
         if key != self._local_for or (
             self._local is None and time.monotonic() >= self._local_retry_at
         ):
@@ -433,22 +436,6 @@ class SyncBranch:
         if found is not None:
             log.debug("%s: %s is read directly (%s)", self.git.worktree, url.text, found.git_dir)
         return found
-
-    def _config_files(self) -> tuple[_FileIdentity | None, ...]:
-        """The identities of the config files that can change what the remote is."""
-        if self._config_paths is None:
-            home = Path(os.environ.get("HOME", "~")).expanduser()
-            xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-            global_file = os.environ.get("GIT_CONFIG_GLOBAL")
-            paths = [self._git_dir() / "config", self._git_dir() / "config.worktree"]
-            if global_file:
-                paths.append(Path(global_file))
-            else:
-                paths += [home / ".gitconfig", xdg / "git" / "config"]
-            if not os.environ.get("GIT_CONFIG_NOSYSTEM"):
-                paths.append(Path(os.environ.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig"))
-            self._config_paths = tuple(str(path) for path in paths)
-        return tuple(_identity(path) for path in self._config_paths)
 
     def fetch(self) -> None:
         """Fetch the remote's sync branch into ``refs/convosync/remotes/...``."""
@@ -529,14 +516,6 @@ class SyncBranch:
             common = Path(self.git.out("rev-parse", "--git-common-dir"))
             self._common_dir = (self.git.worktree / common).resolve()
         return self._common_dir
-
-
-def _identity(path: str) -> _FileIdentity | None:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def _push_status(porcelain: str, ref: str) -> str | None:

@@ -52,6 +52,7 @@ from convosyncd.handoff import (
 )
 from convosyncd.inline import InlineBranch, Pushed
 from convosyncd.notify import Notifier
+from convosyncd.sshshare import SshSharing
 from convosyncd.worktree import WorkTree
 
 log = logging.getLogger(__name__)
@@ -124,11 +125,20 @@ def is_offline_error(error: ConvosyncError) -> bool:
 class RepoSync:
     """The sync engine of one registered repo."""
 
-    def __init__(self, config: Config, repo: RepoConfig, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        config: Config,
+        repo: RepoConfig,
+        notifier: Notifier,
+        *,
+        sharing: SshSharing | None = None,
+    ) -> None:
         self.config = config
         self.repo = repo
         self.notifier = notifier
-        self.git = Git(repo.path, network_timeout=config.network_timeout)
+        self.git = Git(
+            repo.path, network_timeout=config.network_timeout, sharing=sharing, remote=repo.remote
+        )
         self.tree = WorkTree(repo.path, self.git)
         self.branch = SyncBranch(self.git, remote=repo.remote, branch=repo.branch)
         self.state_path = states.state_file(config.state_dir, repo.path)
@@ -159,6 +169,11 @@ class RepoSync:
     @property
     def device(self) -> str:
         return self.config.device
+
+    def polls_in_process(self) -> bool:
+        """Whether an idle poll of this repo starts no process (its remote is read from
+        the local disk), so that it cannot hang on a network."""
+        return self.branch.reads_remote_directly()
 
     def reconfigure(self, config: Config) -> None:
         """Take new global settings (settle, timeouts, notify) without losing state."""
@@ -290,7 +305,7 @@ class RepoSync:
             return
         polled_only = self._saved is not None and _without_poll(data) == _without_poll(self._saved)
         try:
-            states.save(self.state_path, self.state, durable=not polled_only)
+            states.save(self.state_path, self.state, durable=not polled_only, encoded=data)
         except OSError as error:
             log.error("cannot save state %s: %s", self.state_path, error)
             return
