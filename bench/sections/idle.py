@@ -21,6 +21,7 @@ from bench import procfs, world
 from bench.context import Context
 from bench.probe import describe
 from bench.report import Row
+from bench.sections import remote_kinds
 from bench.stats import megabytes, seconds
 from tests.support.dbus_session import env_for_bus
 
@@ -136,6 +137,7 @@ def measure(context: Context, repos: int) -> _Idle:
 def run(context: Context) -> None:
     plan = context.plan
     results = [measure(context, repos) for repos in plan.idle_repos]
+    remote_kinds.run(context)
     commands = context.probe().idle_poll
     report = context.report
     for idle in results:
@@ -203,7 +205,7 @@ def run(context: Context) -> None:
             "nothing changed",
             value=str(len(commands)),
             count=1,
-            note=describe(commands),
+            note=describe(commands) or "none: the local remote's ref file is read",
         )
     )
     largest = max(results, key=lambda idle: idle.repos)
@@ -238,6 +240,6 @@ def run(context: Context) -> None:
     report.target(
         "idle",
         "a poll round does not fetch when nothing changed",
-        describe(commands),
+        describe(commands) or "no git command",
         "fetch" not in commands,
     )
