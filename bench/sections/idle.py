@@ -9,7 +9,7 @@ watched for exactly one ``pull_interval``, which holds exactly one poll round:
 * resident memory (``VmRSS``), threads, inotify watches and instances;
 * CPU time, the daemon's own apart from the git commands it waited for;
 * wakeups, as context switches summed over its threads;
-* the poll round: CPU from the first git command it ran to the last repo's state saved.
+* the poll round: CPU from before the first repo's state was saved to after the last's.
 """
 
 from __future__ import annotations
@@ -49,32 +49,22 @@ class _Idle:
 
 
 def _find_round(
-    series: list[procfs.ProcessSample], finished: float, began_wall: float
+    series: list[procfs.ProcessSample], began: float, finished: float, began_wall: float
 ) -> _Round | None:
-    """The poll round in ``series``: from before the first git command it reaped to after
-    ``finished``, the wall-clock time the last repo's state was saved (``began_wall`` is
-    the wall-clock time of ``series[0]``). CPU times count in clock ticks (10 ms), too
-    coarse to time the round itself; its CPU is what it costs.
+    """The poll round in ``series``: from the last sample before ``began`` (the
+    wall-clock time the first repo's state was saved, less a margin) to the first after
+    ``finished`` (the last repo's save); ``began_wall`` is the wall-clock time of
+    ``series[0]``. CPU times count in clock ticks (10 ms), too coarse to time the round
+    itself; its CPU is what it costs.
     """
     offset = began_wall - series[0].at
-    start = next(
-        (
-            index
-            for index in range(1, len(series))
-            if series[index].cpu_children > series[index - 1].cpu_children
-        ),
-        None,
-    )
-    if start is None:
+    before = [point for point in series if point.at + offset <= began - 0.1]
+    after = [point for point in series if point.at + offset >= finished + 0.2]
+    if not before or not after:
         return None
-    before = series[start - 1]
-    end = next(
-        (point for point in series if point.at + offset >= finished + 0.2),
-        series[-1],
-    )
     return _Round(
-        cpu_self=end.cpu_self - before.cpu_self,
-        cpu_children=end.cpu_children - before.cpu_children,
+        cpu_self=after[0].cpu_self - before[-1].cpu_self,
+        cpu_children=after[0].cpu_children - before[-1].cpu_children,
     )
 
 
@@ -117,7 +107,11 @@ def measure(context: Context, repos: int) -> _Idle:
         series.append(procfs.sample(daemon.pid, detailed=False))
         saved = [world.file_mtime(path) for path in fleet.state_files()]
         polled = [moment for moment in saved if moment >= began_wall]
-        found = _find_round(series, max(polled), began_wall) if len(polled) >= repos else None
+        found = (
+            _find_round(series, min(polled), max(polled), began_wall)
+            if len(polled) >= repos
+            else None
+        )
         problems = world.problems_in_log(daemon)
         if problems:
             raise world.BenchError(f"the idle daemon logged: {problems[:3]}")

@@ -8,9 +8,10 @@ started). One repo, three kinds of remote, polls in turns:
 * a bare repository on the local disk, read directly (the remotes of the rows above);
 * the same repository asked through ``git ls-remote`` (an ``uploadpack`` setting sends
   every poll to git, as for a remote on a network file system);
-* the same repository over ssh, to a real sshd on 127.0.0.1 with key authentication and
-  a fresh connection per poll, as git makes it (client side only: the server's
-  ``git-upload-pack`` runs under sshd). Left out where sshd is not installed.
+* the same repository over ssh, to a real sshd on 127.0.0.1 with key authentication:
+  a fresh connection per poll, as git makes it on its own, and the one connection the
+  daemon keeps per server (:mod:`convosyncd.sshshare`). Client side only: the
+  server's ``git-upload-pack`` runs under sshd. Left out where sshd is not installed.
 
 From each median follows what 100 such repos cost at the default ``pull_interval``.
 """
@@ -28,6 +29,7 @@ from bench.report import Row
 from bench.stats import Summary
 from convosyncd import config as configs
 from convosyncd.notify import Notifier
+from convosyncd.sshshare import SshSharing
 from convosyncd.sync import RepoSync
 from tests.support.devices import Device, git, make_device
 from tests.support.sshd import make_key, running_sshd, ssh_command
@@ -59,9 +61,10 @@ def _cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _sync(device: Device) -> RepoSync:
+def _sync(device: Device, sharing: SshSharing | None = None) -> RepoSync:
     config = configs.load(device.config)
-    return RepoSync(config, config.repos[0], Notifier(enabled=False, timeout=1.0))
+    notifier = Notifier(enabled=False, timeout=1.0)
+    return RepoSync(config, config.repos[0], notifier, sharing=sharing)
 
 
 def _kinds(context: Context, stack: ExitStack) -> list[_Kind]:
@@ -83,7 +86,13 @@ def _kinds(context: Context, stack: ExitStack) -> list[_Kind]:
         git(over_ssh.repo, "remote", "set-url", "origin", server.url(remote))
         known = server.known_hosts(root / "known_hosts")
         git(over_ssh.repo, "config", "core.sshCommand", ssh_command(key, known))
-        kinds.append(_Kind("ssh to 127.0.0.1, through git ls-remote", _sync(over_ssh)))
+        kinds.append(_Kind("ssh to 127.0.0.1, a new connection each poll", _sync(over_ssh)))
+        sharing = SshSharing.create(persist=600)
+        if sharing is not None:
+            stack.callback(sharing.close)
+            kinds.append(
+                _Kind("ssh to 127.0.0.1, the daemon's shared connection", _sync(over_ssh, sharing))
+            )
     else:
         context.report.notes.append("idle by kind of remote: no sshd here, so no ssh row")
     return kinds
