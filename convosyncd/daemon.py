@@ -324,15 +324,12 @@ class Daemon:
         for entry in list(self.repos.values()):
             if self.stopping.is_set():
                 return
-            if entry.poll_failures or entry.key not in self._keys():
+            if entry.poll_failures or self.repos.get(entry.sync.repo.path) is not entry:
                 continue  # failing: its own retry is scheduled; or removed meanwhile
             if entry.sync.polls_in_process():
                 self._poll(entry.key)
             else:
                 self._schedule_poll(entry, delay=0)
-
-    def _keys(self) -> set[str]:
-        return {entry.key for entry in list(self.repos.values())}
 
     @guarded
     def _poll(self, key: str) -> None:

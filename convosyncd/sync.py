@@ -172,8 +172,12 @@ class RepoSync:
 
     def polls_in_process(self) -> bool:
         """Whether an idle poll of this repo starts no process (its remote is read from
-        the local disk), so that it cannot hang on a network."""
-        return self.branch.reads_remote_directly()
+        the local disk), so that it cannot hang on a network. False when that cannot be
+        told (a folder gone, a broken repo): the poll itself then reports why."""
+        try:
+            return self.branch.reads_remote_directly()
+        except (ConvosyncError, OSError):
+            return False
 
     def reconfigure(self, config: Config) -> None:
         """Take new global settings (settle, timeouts, notify) without losing state."""

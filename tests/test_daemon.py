@@ -291,3 +291,33 @@ def test_a_hanging_remote_does_not_hold_up_another_repo(tmp_path: Path, remote: 
             assert not stuck.draft.exists(), "the stuck repo's draft is still taken in"
         finally:
             assert daemon.stop(timeout=30) == 0
+
+
+def test_a_poll_round_goes_on_past_a_repo_that_has_gone(tmp_path: Path, remote: Path) -> None:
+    desktop = make_device(tmp_path, remote, "desktop", pull_interval=0.5)
+    gone = make_device(tmp_path, make_remote(tmp_path, "gone.git"), "gone", register=False)
+    other_remote = make_remote(tmp_path, "other.git")
+    other = make_device(tmp_path, other_remote, "other", register=False)
+    desktop.write_config(repos=[gone.repo, desktop.repo, other.repo])
+    daemon = desktop.start()
+    try:
+        wait_until(
+            lambda: all(repo["last_poll"] for repo in desktop.status()["repos"]),
+            10,
+            "every repo polled once",
+        )
+        # Gone while the daemon runs, first in every round: the rounds must go on.
+        gone.repo.rename(tmp_path / "gone-away")
+        laptop = make_device(tmp_path, other_remote, "laptop")
+        laptop.write_draft(handoff_text("Arrives past the gone repo"))
+        assert laptop.cli("sync").returncode == 0
+        wait_until(
+            lambda: "Arrives past the gone repo" in _read(other.materialized),
+            10,
+            "the handoff in the third repo",
+        )
+        [gone_status] = [r for r in desktop.status()["repos"] if r["path"] == str(gone.repo)]
+        assert "is missing" in (gone_status["last_error"] or {}).get("message", "")
+    finally:
+        assert daemon.stop() == 0
+    assert "unexpected error" not in daemon.log()
