@@ -309,6 +309,8 @@ class Git:
         self._env: dict[str, str] | None = None
         self._env_stamp: tuple[FileIdentity | None, ...] | None = None
         self._config_paths: tuple[str, ...] | None = None
+        self._shared: str | None = None
+        """The names of this remote's shared ssh sockets start so (None: not shared)."""
 
     def config_stamp(self) -> tuple[FileIdentity | None, ...]:
         """The identities of every git config file that applies here: any edit (a new
@@ -324,8 +326,11 @@ class Git:
             configured = self.run("config", "--get", "core.sshCommand", check=False).text
             base_ssh = os.environ.get("GIT_SSH_COMMAND") or configured or None
             command = ssh_command(base_ssh, self.network_timeout)
+            self._shared = None
             if self.sharing is not None and self.remote is not None:
-                command += self.sharing.options(command, self._remote_urls(self.remote))
+                urls = self._remote_urls(self.remote)
+                self._shared = self.sharing.prefix(command, urls)
+                command += self.sharing.options(command, urls)
             self._env = git_environment(ssh=command)
             self._env_stamp = stamp
         return self._env
@@ -366,9 +371,9 @@ class Git:
         except GitError as error:
             if network:
                 self.forget_environment()
-                if isinstance(error, GitTimeout) and self.sharing is not None:
-                    # A shared connection may be what hung: the next ssh starts afresh.
-                    self.sharing.forget()
+                if isinstance(error, GitTimeout) and self.sharing and self._shared:
+                    # The shared connection may be what hung: the next ssh starts afresh.
+                    self.sharing.forget(self._shared)
             raise
         if network and result.returncode != 0:
             self.forget_environment()

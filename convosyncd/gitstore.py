@@ -34,7 +34,7 @@ from typing import TypeVar
 
 from convosyncd import localremote, merge
 from convosyncd.errors import GitError
-from convosyncd.gitcmd import Git
+from convosyncd.gitcmd import Git, file_identity
 from convosyncd.handoff import HANDOFFS_DIR
 from convosyncd.merge import TREE_MODE, Entry
 from convosyncd.trees import Tree, algorithm_of
@@ -103,6 +103,13 @@ class SyncBranch:
 
     def tip(self) -> str | None:
         """The sync branch's commit, or None if it does not exist yet."""
+        # The very file the commit was read from: the same commit (one stat, no read).
+        if (
+            self._tip is not None
+            and self._ref_file is not None
+            and file_identity(str(self._ref_file)) == self._tip[0]
+        ):
+            return self._tip[1]
         loose = self._loose_ref()
         if loose is not None and self._tip is not None and self._tip[0] == loose[0]:
             return self._tip[1]

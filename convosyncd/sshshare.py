@@ -90,22 +90,30 @@ class SshSharing:
         of the host, port and user it actually connects to: a stale setting can never
         send a session through another server's connection.
         """
-        authorities = {ssh_authority(url) for url in urls}
-        if len(authorities) != 1 or None in authorities:
+        prefix = self.prefix(ssh_command, urls)
+        if prefix is None:
             return ""
-        [authority] = authorities
-        digest = hashlib.sha256(f"{ssh_command}\0{authority}".encode()).hexdigest()
-        socket = self.folder / f"{digest[:_NAME_LENGTH]}-%C"
         return (
-            f" -o ControlMaster=auto -o ControlPath={socket}"
+            f" -o ControlMaster=auto -o ControlPath={self.folder / prefix}%C"
             f" -o ControlPersist={max(1, self.persist)}"
         )
 
-    def forget(self) -> None:
-        """Let the next ssh start afresh: a connection that timed out may be stuck."""
+    def prefix(self, ssh_command: str, urls: Iterable[str]) -> str | None:
+        """The start of the socket names for ``urls`` reached by ``ssh_command``."""
+        authorities = {ssh_authority(url) for url in urls}
+        if len(authorities) != 1 or None in authorities:
+            return None
+        [authority] = authorities
+        digest = hashlib.sha256(f"{ssh_command}\0{authority}".encode()).hexdigest()
+        return f"{digest[:_NAME_LENGTH]}-"
+
+    def forget(self, prefix: str) -> None:
+        """Let the next ssh for these sockets start afresh: a connection that timed out
+        may be stuck (it is left to end by itself; nothing can reach it any more)."""
         for socket in self._sockets():
-            with contextlib.suppress(OSError):
-                socket.unlink()
+            if socket.name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    socket.unlink()
 
     def close(self) -> None:
         """Close every shared connection and remove the folder."""
