@@ -36,11 +36,13 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from convosyncd import config as configs
+from convosyncd import state as states
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import AlreadyRunning, ConfigError, ConvosyncError
 from convosyncd.handoff import Notification, plain_text
 from convosyncd.notify import Notifier
 from convosyncd.sshshare import SshSharing
+from convosyncd.state import Event
 from convosyncd.sync import CycleResult, RepoSync
 from convosyncd.systemd_notify import NotifySocket, status_line
 from convosyncd.watcher import DraftWatcher
@@ -122,6 +124,8 @@ class Daemon:
         self.service = NotifySocket()
         self.sharing: SshSharing | None = None
         self._round_scheduled = False
+        self._polls_lock = threading.Lock()
+        self._polls_saved: dict[str, Event] | None = None
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -252,6 +256,7 @@ class Daemon:
 
     def _add(self, repo: RepoConfig) -> None:
         sync = RepoSync(self.config, repo, self.notifier, sharing=self.sharing)
+        sync.poll_times_elsewhere = True
         entry = _Repo(sync=sync, key=str(repo.path))
         self.repos[repo.path] = entry
         self._watcher.ensure(repo.path)
@@ -321,21 +326,50 @@ class Daemon:
     @guarded
     def _round(self, key: str) -> None:
         """Poll every repo not waiting out a back-off (see the module's docstring)."""
-        for entry in list(self.repos.values()):
-            if self.stopping.is_set():
-                return
-            if entry.poll_failures or self.repos.get(entry.sync.repo.path) is not entry:
-                continue  # failing: its own retry is scheduled; or removed meanwhile
-            if entry.sync.polls_in_process():
-                self._poll(entry.key)
-            else:
-                self._schedule_poll(entry, delay=0)
+        try:
+            for entry in list(self.repos.values()):
+                if self.stopping.is_set():
+                    return
+                if entry.poll_failures or self.repos.get(entry.sync.repo.path) is not entry:
+                    continue  # failing: its own retry is scheduled; or removed meanwhile
+                if not entry.sync.polls_in_process():
+                    self._schedule_poll(entry, delay=0)
+                    continue
+                try:
+                    self._poll_entry(entry)
+                except Exception:
+                    log.exception("%s: unexpected error in a poll", entry.key)
+        finally:
+            self._record_polls()
 
     @guarded
     def _poll(self, key: str) -> None:
         entry = self._entry(key)
         if entry is None:
             return
+        try:
+            self._poll_entry(entry)
+        finally:
+            self._record_polls()
+
+    def _record_polls(self) -> None:
+        """Write every repo's last poll time to the one polls file (see state.save_polls)."""
+        with self._polls_lock:
+            polls = {
+                str(path): entry.sync.state.last_poll
+                for path, entry in list(self.repos.items())
+                if entry.sync.state.last_poll is not None
+            }
+            if polls == self._polls_saved:
+                return
+            try:
+                states.save_polls(self.config.state_dir, polls)
+            except OSError as error:
+                log.error("cannot save the poll times in %s: %s", self.config.state_dir, error)
+                return
+            self._polls_saved = polls
+
+    def _poll_entry(self, entry: _Repo) -> None:
         watching = self._watcher.ensure(entry.sync.repo.path)
         result = entry.sync.cycle(require_settled=True)
         self.last_cycle[entry.sync.repo.path] = result

@@ -251,6 +251,7 @@ def start_folder(data: dict[str, Any], path: Path | None) -> Path:
 def _staleness(config: Config, repo: RepoConfig, now: datetime) -> str | None:
     """Why the local copy may be old, if it may be: the daemon has not checked lately."""
     state, _fresh = states.load(states.state_file(config.state_dir, repo.path), repair=False)
+    state.last_poll = states.latest_poll(state, states.load_polls(config.state_dir), repo.path)
     if state.last_poll is None:
         return (
             f"convosyncd has never checked the remote for {repo.path}; handoffs from other "

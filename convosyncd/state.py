@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,56 @@ def load(path: Path, *, repair: bool = True) -> tuple[RepoState, bool]:
             aside,
         )
         return RepoState(), False
+
+
+POLLS_NAME = "polls.json"
+"""The daemon's record of when it last polled each repo (see :func:`save_polls`)."""
+
+
+def polls_file(state_dir: Path) -> Path:
+    return state_dir / POLLS_NAME
+
+
+def save_polls(state_dir: Path, polls: Mapping[str, Event]) -> None:
+    """Record ``{repo path: last poll}`` for every repo in one file.
+
+    A poll that finds nothing new changes nothing in a repo's state but the time of the
+    poll; the daemon writes those times here, once per poll round, instead of rewriting
+    every repo's state file at every poll. Readers take the later of the two.
+    """
+    data = {
+        "version": VERSION,
+        "polls": {
+            path: {"time": event.time, "message": event.message} for path, event in polls.items()
+        },
+    }
+    write_atomically(
+        polls_file(state_dir),
+        json.dumps(data, sort_keys=True).encode("utf-8") + b"\n",
+        durable=False,
+    )
+
+
+def load_polls(state_dir: Path) -> dict[str, Event]:
+    """What :func:`save_polls` recorded; empty if nothing (readable) was."""
+    try:
+        data = json.loads(polls_file(state_dir).read_bytes().decode("utf-8"))
+        if data.get("version") != VERSION:
+            return {}
+        return {
+            str(path): Event(time=str(value["time"]), message=str(value["message"]))
+            for path, value in data["polls"].items()
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def latest_poll(state: RepoState, polls: Mapping[str, Event], path: Path) -> Event | None:
+    """The later of the state file's last poll and the polls file's, for ``path``."""
+    recorded = polls.get(str(path))
+    if state.last_poll is None or (recorded is not None and recorded.time > state.last_poll.time):
+        return recorded
+    return state.last_poll
 
 
 def encode(state: RepoState) -> bytes:

@@ -149,6 +149,8 @@ class RepoSync:
         self.state.device = config.device
         self._lock = threading.RLock()
         self._net = threading.Lock()
+        self.poll_times_elsewhere = False
+        """Set by the daemon: a poll that changed nothing but its time is not saved here."""
         self._file_lock = FileLock(str(states.lock_file(config.state_dir, repo.path)))
         self._identity: Identity | None = None
         self._tracked: set[str] | None = None
@@ -308,6 +310,8 @@ class RepoSync:
         if data == self._saved:
             return
         polled_only = self._saved is not None and _without_poll(data) == _without_poll(self._saved)
+        if polled_only and self.poll_times_elsewhere:
+            return  # the daemon records poll times for all repos at once (state.save_polls)
         try:
             states.save(self.state_path, self.state, durable=not polled_only, encoded=data)
         except OSError as error:

@@ -321,3 +321,28 @@ def test_a_poll_round_goes_on_past_a_repo_that_has_gone(tmp_path: Path, remote: 
     finally:
         assert daemon.stop() == 0
     assert "unexpected error" not in daemon.log()
+
+
+def test_idle_polls_record_their_time_without_rewriting_state_files(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop", pull_interval=0.5)
+    daemon = desktop.start()
+    try:
+        wait_until(lambda: bool(desktop.status()["repos"][0]["last_poll"]), 10, "a first poll")
+        [state_file] = (desktop.state / "repos").glob("*.json")
+        polls_file = desktop.state / "polls.json"
+        written = state_file.stat().st_mtime_ns
+        first = desktop.status()["repos"][0]["last_poll"]["time"]
+        wait_until(
+            lambda: desktop.status()["repos"][0]["last_poll"]["time"] > first,
+            10,
+            "a later poll time in status",
+        )
+        assert state_file.stat().st_mtime_ns == written, "an idle poll rewrote the state file"
+        assert polls_file.exists()
+        # Something real still goes to the repo's own state file at once.
+        desktop.write_draft(handoff_text("Still saved"))
+        wait_until(lambda: state_file.stat().st_mtime_ns != written, 10, "the state saved")
+    finally:
+        assert daemon.stop() == 0

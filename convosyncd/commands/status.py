@@ -38,8 +38,10 @@ def daemon_running(config: Config) -> bool:
 def collect(config: Config) -> dict[str, Any]:
     """Everything ``status`` shows, as plain data."""
     repos = []
+    polls = states.load_polls(config.state_dir)
     for repo in config.repos:
         state, _ = states.load(states.state_file(config.state_dir, repo.path), repair=False)
+        state.last_poll = states.latest_poll(state, polls, repo.path)
         data = dataclasses.asdict(state)
         repos.append(
             {
