@@ -24,12 +24,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from convosyncd import state as states
 from convosyncd.handoff import (
     CONVOSYNC_DIR,
     HANDOFFS_DIR,
     Provenance,
     content_digest,
     handoff_filename,
+    parse_time,
     render_stored,
     task_line,
 )
@@ -222,33 +224,52 @@ class Fleet:
     def state_files(self) -> list[Path]:
         return sorted((self.device.state / "repos").glob("*.json"))
 
-    def polled_since(self, moment: float) -> int:
-        """How many repos' state files were saved at or after ``moment``."""
-        count = 0
-        for path in self.state_files():
+    def poll_times(self) -> list[float]:
+        """When each repo was last polled, as far as the files tell.
+
+        A poll that changes a repo's state saves its state file; an idle one is only
+        recorded in the daemon's ``polls.json``, written as soon as a round (or a poll
+        of its own) ends. So a repo's time is its state file's modification time, or
+        that of ``polls.json`` where the time recorded there (whole seconds) is no older.
+        """
+        polls_path = self.device.state / states.POLLS_NAME
+        try:
+            written = file_mtime(polls_path)
+        except FileNotFoundError:
+            written = None
+        recorded = states.load_polls(self.device.state)
+        times = []
+        for repo in self.repos:
             try:
-                if file_mtime(path) >= moment:
-                    count += 1
+                saved = file_mtime(states.state_file(self.device.state, repo))
             except FileNotFoundError:
-                continue
-        return count
+                saved = 0.0
+            event = recorded.get(str(repo))
+            moment = parse_time(event.time) if event is not None else None
+            if written is not None and moment is not None and moment.timestamp() + 1 > saved:
+                saved = max(saved, written)
+            times.append(saved)
+        return times
+
+    def polled_since(self, moment: float) -> int:
+        """How many repos were polled at or after ``moment``."""
+        return sum(1 for polled in self.poll_times() if polled >= moment)
 
     def first_save_since(self, moment: float) -> float:
-        """The earliest state save at or after ``moment``."""
-        saves = [file_mtime(path) for path in self.state_files()]
-        return min(save for save in saves if save >= moment)
+        """The earliest poll at or after ``moment``."""
+        return min(polled for polled in self.poll_times() if polled >= moment)
 
     def wait_until_quiet(self, quiet: float, timeout: float) -> None:
-        """Wait until no repo's state has been saved for ``quiet`` seconds."""
+        """Wait until no repo has been polled (or its state saved) for ``quiet`` seconds."""
 
         def still() -> bool:
-            latest = max(file_mtime(path) for path in self.state_files())
+            latest = max(self.poll_times())
             return time.time() - latest >= quiet
 
         wait_for(still, timeout, "the daemon to fall quiet", interval=0.05)
 
     def wait_for_round(self, since: float, timeout: float) -> float:
-        """Wait until every repo's state was saved at or after ``since``; the last save."""
+        """Wait until every repo was polled at or after ``since``; the last such moment."""
         count = len(self.repos)
         wait_for(
             lambda: self.polled_since(since) >= count,
@@ -256,7 +277,7 @@ class Fleet:
             f"a poll round over {count} repo(s)",
             interval=0.05,
         )
-        return max(file_mtime(path) for path in self.state_files())
+        return max(self.poll_times())
 
 
 def make_fleet(

@@ -9,7 +9,7 @@ watched for exactly one ``pull_interval``, which holds exactly one poll round:
 * resident memory (``VmRSS``), threads, inotify watches and instances;
 * CPU time, the daemon's own apart from the git commands it waited for;
 * wakeups, as context switches summed over its threads;
-* the poll round: CPU from before the first repo's state was saved to after the last's.
+* the poll round: CPU from before the first repo's poll was recorded to after the last's.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from bench.stats import megabytes, seconds
 from tests.support.dbus_session import env_for_bus
 
 STEP = 0.05
+ROUND_MARGIN = 0.5
+"""Seconds before the round's first recorded poll that its CPU is counted from: a round
+of local repos is recorded once, at its end (``polls.json``), and takes well under this."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,13 @@ def _find_round(
     series: list[procfs.ProcessSample], began: float, finished: float, began_wall: float
 ) -> _Round | None:
     """The poll round in ``series``: from the last sample before ``began`` (the
-    wall-clock time the first repo's state was saved, less a margin) to the first after
-    ``finished`` (the last repo's save); ``began_wall`` is the wall-clock time of
+    wall-clock time the first repo's poll was recorded, less :data:`ROUND_MARGIN`) to the
+    first after ``finished`` (the last repo's); ``began_wall`` is the wall-clock time of
     ``series[0]``. CPU times count in clock ticks (10 ms), too coarse to time the round
     itself; its CPU is what it costs.
     """
     offset = began_wall - series[0].at
-    before = [point for point in series if point.at + offset <= began - 0.1]
+    before = [point for point in series if point.at + offset <= began - ROUND_MARGIN]
     after = [point for point in series if point.at + offset >= finished + 0.2]
     if not before or not after:
         return None
@@ -105,8 +108,7 @@ def measure(context: Context, repos: int) -> _Idle:
             series.append(procfs.sample(daemon.pid, detailed=False))
         time.sleep(0.3)
         series.append(procfs.sample(daemon.pid, detailed=False))
-        saved = [world.file_mtime(path) for path in fleet.state_files()]
-        polled = [moment for moment in saved if moment >= began_wall]
+        polled = [moment for moment in fleet.poll_times() if moment >= began_wall]
         found = (
             _find_round(series, min(polled), max(polled), began_wall)
             if len(polled) >= repos
