@@ -391,16 +391,18 @@ class Git:
 FileIdentity = tuple[int, int, int, int]
 
 
-def file_identity(path: str) -> FileIdentity | None:
-    """Device, inode, size and modification time of ``path``; None if it is not there.
+def identity_of(status: os.stat_result) -> FileIdentity:
+    """Device, inode, size and modification time: git replaces a config or ref file to
+    change it, so a changed file is a new identity."""
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
-    git replaces a config or ref file to change it, so a changed file is a new identity.
-    """
+
+def file_identity(path: str) -> FileIdentity | None:
+    """The :func:`identity_of` the file at ``path``; None if it is not there."""
     try:
-        status = os.stat(path)
+        return identity_of(os.stat(path))
     except OSError:
         return None
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def config_files(common_dir: Path) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ from typing import TypeVar
 
 from convosyncd import localremote, merge
 from convosyncd.errors import GitError
-from convosyncd.gitcmd import Git, file_identity
+from convosyncd.gitcmd import FileIdentity, Git, file_identity, identity_of
 from convosyncd.handoff import HANDOFFS_DIR
 from convosyncd.merge import TREE_MODE, Entry
 from convosyncd.trees import Tree, algorithm_of
@@ -42,7 +42,6 @@ from convosyncd.trees import Tree, algorithm_of
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_FileIdentity = tuple[int, int, int, int]
 
 STALE_LOCK_AGE = 10.0
 """Seconds after which a lock on one of the daemon's own refs is taken to be abandoned."""
@@ -94,9 +93,9 @@ class SyncBranch:
         self._remote_known_read = False
         self._common_dir: Path | None = None
         self._ref_file: Path | None = None
-        self._tip: tuple[_FileIdentity, str] | None = None
+        self._tip: tuple[FileIdentity, str] | None = None
         self._local: localremote.LocalRemote | None = None
-        self._local_for: tuple[_FileIdentity | None, ...] | None = None
+        self._local_for: tuple[FileIdentity | None, ...] | None = None
         self._local_retry_at = 0.0
 
     # -- reading --------------------------------------------------------------------
@@ -118,7 +117,7 @@ class SyncBranch:
         self._remember_tip(value, loose)
         return value
 
-    def _remember_tip(self, value: str | None, loose: tuple[_FileIdentity, str] | None) -> None:
+    def _remember_tip(self, value: str | None, loose: tuple[FileIdentity, str] | None) -> None:
         # Only a loose ref that holds exactly this commit, and did not change while git
         # was asked, may stand for it (a packed, symbolic or peeled ref is always asked).
         if (
@@ -131,7 +130,7 @@ class SyncBranch:
         else:
             self._tip = None
 
-    def _loose_ref(self) -> tuple[_FileIdentity, str] | None:
+    def _loose_ref(self) -> tuple[FileIdentity, str] | None:
         """The loose ref file's identity and content, or None if there is no such file."""
         if self._ref_file is None:
             self._ref_file = self._git_dir() / self.ref
@@ -141,8 +140,7 @@ class SyncBranch:
                 content = handle.read(256)
         except OSError:
             return None
-        identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
-        return identity, content.decode("ascii", "replace").strip()
+        return identity_of(status), content.decode("ascii", "replace").strip()
 
     def remote_known_tip(self) -> str | None:
         """The remote's tip as of the last fetch or push, or None.

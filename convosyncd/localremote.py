@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convosyncd.gitcmd import FileIdentity, identity_of
+
 _OID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
 LOCAL_FILE_SYSTEMS = frozenset(
@@ -54,8 +56,6 @@ LOCAL_FILE_SYSTEMS = frozenset(
 mounts are left to git, whose time limit covers a server that went away."""
 
 MOUNTINFO = Path("/proc/self/mountinfo")
-
-_Identity = tuple[int, int, int, int]
 
 
 class Unreadable(Exception):
@@ -177,7 +177,7 @@ class LocalRemote:
 
     git_dir: Path
     device: int
-    _packed: tuple[_Identity, dict[str, str]] | None = field(default=None, repr=False)
+    _packed: tuple[FileIdentity, dict[str, str]] | None = field(default=None, repr=False)
 
     def read(self, ref: str) -> str | None:
         """The commit ``ref`` points at, or None if the repository has no such ref.
@@ -213,7 +213,7 @@ class LocalRemote:
         try:
             with path.open("rb") as handle:
                 status = os.fstat(handle.fileno())
-                identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+                identity = identity_of(status)
                 if self._packed is not None and self._packed[0] == identity:
                     return self._packed[1]
                 data = handle.read()
