@@ -11,11 +11,20 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
 _FLAGS |= getattr(os, "O_CLOEXEC", 0)
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+def write_atomically(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    durable: bool = True,
+    make_parents: bool = True,
+) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder.
 
     The file keeps its permissions if it existed. ``durable`` flushes to disk before the
     rename (state and config); files that are rebuilt from git anyway can skip it.
+    ``make_parents=False`` is for files in a person's work tree: a repo folder moved
+    away meanwhile must make the write fail, not be created anew around the file.
 
     The temporary file is named for this process and thread, which never write two
     files at once, and is opened without following a symbolic link. Few system calls
@@ -27,6 +36,8 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, durable: boo
     try:
         fd = os.open(temp, _FLAGS, 0o600)
     except FileNotFoundError:
+        if not make_parents:
+            raise
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(temp, _FLAGS, 0o600)
     try:

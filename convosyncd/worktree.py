@@ -112,7 +112,9 @@ class WorkTree:
         except (FileNotFoundError, UnicodeDecodeError, IsADirectoryError):
             current = None
         if current != device:
-            write_atomically(self.device_id, f"{device}\n".encode(), durable=False)
+            write_atomically(
+                self.device_id, f"{device}\n".encode(), durable=False, make_parents=False
+            )
 
     def _exclude(self) -> None:
         exclude = Path(self.git.out("rev-parse", "--git-path", "info/exclude"))
@@ -127,7 +129,10 @@ class WorkTree:
         if text and not text.endswith("\n"):
             text += "\n"
         text += f"{EXCLUDE_COMMENT}\n{EXCLUDE_LINE}\n"
-        write_atomically(exclude, text.encode("utf-8", "surrogateescape"), durable=False)
+        exclude.parent.mkdir(exist_ok=True)  # info/ inside .git, never .git itself
+        write_atomically(
+            exclude, text.encode("utf-8", "surrogateescape"), durable=False, make_parents=False
+        )
 
     def tracked(self) -> set[str]:
         """Names of the files in ``.convosync/`` that the person's index tracks."""
@@ -182,5 +187,5 @@ class WorkTree:
                 "file there: remove it"
             )
         self.folder.mkdir(exist_ok=True)
-        write_atomically(self.materialized, data, durable=False)
+        write_atomically(self.materialized, data, durable=False, make_parents=False)
         return True
