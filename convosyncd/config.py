@@ -20,7 +20,7 @@ from typing import Any, Literal
 import platformdirs
 
 from convosyncd.atomic import write_atomically
-from convosyncd.errors import ConfigError
+from convosyncd.errors import ConfigError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,6 +112,18 @@ class Config:
             if repo is not None:
                 return repo
         return None
+
+
+def find_repo(config: Config, path: Path | None) -> RepoConfig:
+    """The registered repo holding ``path`` (default: the current folder)."""
+    where = (path or Path.cwd()).expanduser().absolute()
+    repo = config.repo_containing(where)
+    if repo is not None:
+        return repo
+    raise UsageError(
+        f"{where} is not in a registered repo (config {config.path}): "
+        f"`convosyncd add <top folder of the repo>` first"
+    )
 
 
 def default_config_path() -> Path:

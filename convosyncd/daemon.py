@@ -33,12 +33,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from convosyncd import config as configs
+from convosyncd import daemon_lock
 from convosyncd import state as states
 from convosyncd.config import Config, RepoConfig
-from convosyncd.errors import AlreadyRunning, ConfigError, ConvosyncError
+from convosyncd.errors import ConfigError, ConvosyncError
 from convosyncd.handoff import Notification, plain_text
 from convosyncd.notify import Notifier
 from convosyncd.sshshare import SshSharing
@@ -131,18 +132,7 @@ class Daemon:
 
     def acquire_lock(self) -> None:
         """Refuse to run twice on one state folder."""
-        lock_path = self.config.state_dir / "daemon.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(lock_path))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise AlreadyRunning(
-                f"another `convosyncd run` is already running with the state folder "
-                f"{self.config.state_dir} (lock {lock_path}); stop it first "
-                "(`convosyncd service status` shows a service instance)"
-            ) from None
-        self._lock = lock
+        self._lock = daemon_lock.acquire(self.config.state_dir)
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; returns the exit code."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from convosyncd import config as configs
 from convosyncd import notify, service
 from convosyncd.config import Config, RepoConfig
+from convosyncd.daemon_lock import daemon_running
 from convosyncd.errors import ConfigError, ConvosyncError, GitError, GitTimeout
 from convosyncd.gitcmd import Git, error_summary, mask_credentials, run_git
 
@@ -358,8 +359,6 @@ def check_inotify(repo_count: int, proc: Path = Path("/proc/sys/fs/inotify")) ->
 
 def check_service(config: Config) -> Check:
     """The service is installed, its program exists, and it runs."""
-    from convosyncd.commands.status import daemon_running
-
     name = "service"
     try:
         manager = service.manager_for()
@@ -386,7 +385,7 @@ def check_service(config: Config) -> Check:
         else:
             fix = f"`launchctl kickstart {service.launchd_domain()}/{service.LABEL}`"
         return failed(name, f"{status.path} installed but not running ({status.state}{why})", fix)
-    if daemon_running(config):
+    if daemon_running(config.state_dir):
         return passed(
             name,
             f"{status.path} installed; {status.manager_problem}, but a `convosyncd run` is running",

@@ -32,12 +32,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from convosyncd import localremote, merge
+from convosyncd import localremote, union
 from convosyncd.errors import GitError
 from convosyncd.gitcmd import FileIdentity, Git, file_identity, identity_of
 from convosyncd.handoff import HANDOFFS_DIR
-from convosyncd.merge import TREE_MODE, Entry
-from convosyncd.trees import Tree, algorithm_of
+from convosyncd.trees import TREE_MODE, Entry, Tree, algorithm_of
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +368,7 @@ class SyncBranch:
         return written[-1][0]
 
     def union_tree(self, ours: str, theirs: str) -> str:
-        """The tree holding every file of both trees (see :mod:`convosyncd.merge`)."""
+        """The tree holding every file of both trees (see :mod:`convosyncd.union`)."""
         written: list[tuple[str, Tree]] = []
         oid = self._union(ours, theirs, algorithm_of(ours), written)
         if written:
@@ -382,8 +381,8 @@ class SyncBranch:
         if ours == theirs:
             return ours
         merged: list[Entry] = []
-        for step in merge.union(self.entries(ours), self.entries(theirs)):
-            if isinstance(step, merge.Recurse):
+        for step in union.union(self.entries(ours), self.entries(theirs)):
+            if isinstance(step, union.Recurse):
                 inner = self._union(step.ours, step.theirs, algorithm, written)
                 merged.append(Entry(TREE_MODE, "tree", inner, step.name))
             else:

@@ -31,7 +31,6 @@ from convosyncd import config as configs
 from convosyncd import state as states
 from convosyncd.atomic import write_atomically
 from convosyncd.catalog import Catalog
-from convosyncd.commands.resume import find_repo
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import ConvosyncError
 from convosyncd.gitcmd import Git
@@ -284,7 +283,7 @@ def _run(args: argparse.Namespace) -> int:
     data = read_input(sys.stdin.buffer)
     where = start_folder(data, args.path)
     config = configs.load(args.config)
-    repo = find_repo(config, where)
+    repo = configs.find_repo(config, where)
     if not repo.path.is_dir():
         hint(f"the registered repo folder {repo.path} is missing; no handoff was loaded")
         return 0

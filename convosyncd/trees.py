@@ -13,8 +13,23 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from convosyncd.merge import Entry
+TREE_MODE = "040000"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of a git tree: mode, type, object id and name."""
+
+    mode: str
+    kind: str
+    oid: str
+    name: str
+
+    @property
+    def is_tree(self) -> bool:
+        return self.kind == "tree"
 
 
 def encode_name(name: str) -> bytes:

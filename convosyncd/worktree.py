@@ -33,15 +33,15 @@ class HeadInfo:
 
 def validate(path: Path, remote: str) -> Path:
     """The top folder of the work tree at ``path``; a clear error if it cannot be synced."""
-    import git as gitpython  # GitPython: only needed here, and slow to import
+    from convosyncd.gitrepo import InvalidRepository, RuledRepo  # slow to import
 
     if not path.exists():
         raise UsageError(f"{path} does not exist: give the folder of a git work tree")
     if not path.is_dir():
         raise UsageError(f"{path} is not a folder: give the folder of a git work tree")
     try:
-        repo = gitpython.Repo(path, search_parent_directories=True)
-    except (gitpython.InvalidGitRepositoryError, gitpython.NoSuchPathError):
+        repo = RuledRepo(path, search_parent_directories=True)
+    except InvalidRepository:
         raise UsageError(
             f"{path} is not a git work tree: run `git init` or `git clone` there first, "
             "or give the top folder of an existing clone"
@@ -57,7 +57,9 @@ def validate(path: Path, remote: str) -> Path:
                 f"{path} is inside the work tree {top}: register the top folder, "
                 f"`convosyncd add {top}`"
             )
-        names = [item.name for item in repo.remotes]
+        # Asked of git (through the rules of every git call), which reads every config
+        # file that applies, conditional includes too.
+        names = repo.git.remote().split()
         if remote not in names:
             known = ", ".join(names) if names else "none"
             raise UsageError(

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convosyncd.merge import TREE_MODE, Entry
-from convosyncd.trees import Tree, object_id
+from convosyncd.trees import TREE_MODE, Entry, Tree, object_id
 from tests.support.devices import git
 
 NAMES = st.text(alphabet="ab.-_~0Zé", min_size=1, max_size=4)

@@ -39,18 +39,6 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def find_repo(config: Config, path: Path | None) -> RepoConfig:
-    """The registered repo holding ``path`` (default: the current folder)."""
-    where = (path or Path.cwd()).expanduser().absolute()
-    repo = config.repo_containing(where)
-    if repo is not None:
-        return repo
-    raise UsageError(
-        f"{where} is not in a registered repo (config {config.path}): "
-        f"`convosyncd add <top folder of the repo>` first"
-    )
-
-
 def others_latest(config: Config, repo: RepoConfig) -> list[Handoff]:
     """The newest handoff of each other device on the local sync branch, newest first."""
     branch = SyncBranch(
@@ -87,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
         return hook.run(args)
     config = configs.load(args.config)
-    repo = find_repo(config, args.path)
+    repo = configs.find_repo(config, args.path)
     if not repo.path.is_dir():
         raise UsageError(
             f"the repo folder {repo.path} is missing: put it back, or `convosyncd remove` it"

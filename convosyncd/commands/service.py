@@ -12,7 +12,7 @@ from typing import Any
 
 from convosyncd import config as configs
 from convosyncd import service
-from convosyncd.commands.status import daemon_running
+from convosyncd.daemon_lock import daemon_running, lock_path
 from convosyncd.errors import UsageError
 
 
@@ -59,7 +59,7 @@ def run_install(args: argparse.Namespace) -> int:
     before = service.inspect(manager, config.state_dir)
     # A service started next to a `convosyncd run` would find the state folder locked
     # and exit 3 (which systemd does not restart).
-    foreground = daemon_running(config) and before.running is not True
+    foreground = daemon_running(config.state_dir) and before.running is not True
     if foreground and problem is None:
         raise UsageError(
             f"a `convosyncd run` outside the service is using the state folder "
@@ -148,8 +148,8 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"running     cannot ask the service manager: {status.manager_problem}")
     else:
         print(f"running     {'yes' if status.running else 'no'}, {status.state}")
-    lock = "yes" if daemon_running(config) else "no"
-    print(f"daemon      a `convosyncd run` holds {config.state_dir / 'daemon.lock'}: {lock}")
+    lock = "yes" if daemon_running(config.state_dir) else "no"
+    print(f"daemon      a `convosyncd run` holds {lock_path(config.state_dir)}: {lock}")
     print(f"last exit   {status.last_exit or 'none recorded'}")
     print(f"log         {status.log}")
     return 0

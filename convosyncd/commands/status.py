@@ -7,32 +7,17 @@ import dataclasses
 import json
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from convosyncd import config as configs
 from convosyncd import plugin
 from convosyncd import state as states
 from convosyncd.config import Config
+from convosyncd.daemon_lock import daemon_running
 
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("status", help="show each repo's sync state")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(handler=run)
-
-
-def daemon_running(config: Config) -> bool:
-    """Whether a ``convosyncd run`` holds the lock of this state folder."""
-    lock_path = config.state_dir / "daemon.lock"
-    if not lock_path.exists():
-        return False
-    lock = FileLock(str(lock_path))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
 
 
 def collect(config: Config) -> dict[str, Any]:
@@ -66,7 +51,7 @@ def collect(config: Config) -> dict[str, Any]:
         "device": config.device,
         "config": str(config.path),
         "state_dir": str(config.state_dir),
-        "daemon_running": daemon_running(config),
+        "daemon_running": daemon_running(config.state_dir),
         "plugin": {"installed": installed, "message": plugin_message},
         "repos": repos,
     }

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from convosyncd.merge import Entry, Recurse, union
+from convosyncd.trees import Entry
+from convosyncd.union import Recurse, union
 
 
 def blob(name: str, oid: str) -> Entry:

@@ -13,21 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-TREE_MODE = "040000"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One line of a git tree: mode, type, object id and name."""
-
-    mode: str
-    kind: str
-    oid: str
-    name: str
-
-    @property
-    def is_tree(self) -> bool:
-        return self.kind == "tree"
+from convosyncd.trees import Entry
 
 
 @dataclass(frozen=True)
