@@ -18,11 +18,14 @@ def write_atomically(
     mode: int = 0o644,
     durable: bool = True,
     make_parents: bool = True,
+    keep_mode: bool = True,
 ) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder.
 
-    The file keeps its permissions if it existed. ``durable`` flushes to disk before the
-    rename (state and config); files that are rebuilt from git anyway can skip it.
+    The file keeps its permissions if it existed, unless ``keep_mode`` is False (a
+    secret that must end up with exactly ``mode``, whatever it had). ``durable``
+    flushes to disk before the rename (state and config); files that are rebuilt from
+    git anyway can skip it.
     ``make_parents=False`` is for files in a person's work tree: a repo folder moved
     away meanwhile must make the write fail, not be created anew around the file.
 
@@ -31,8 +34,9 @@ def write_atomically(
     on purpose: an idle poll saves every repo's state through here.
     """
     temp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        mode = path.stat().st_mode & 0o7777
+    if keep_mode:
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.stat().st_mode & 0o7777
     try:
         fd = os.open(temp, _FLAGS, 0o600)
     except FileNotFoundError:

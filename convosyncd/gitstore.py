@@ -24,18 +24,26 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from convosyncd import localremote, union
 from convosyncd.errors import GitError
 from convosyncd.gitcmd import FileIdentity, Git, file_identity, identity_of
-from convosyncd.handoff import HANDOFFS_DIR
+from convosyncd.layout import (
+    FORGOTTEN_DIR,
+    HANDOFFS_DIR,
+    Location,
+    is_device_name,
+    is_month,
+    name_kind,
+)
 from convosyncd.trees import TREE_MODE, Entry, Tree, algorithm_of
 
 log = logging.getLogger(__name__)
@@ -56,6 +64,45 @@ LOCAL_RETRY = 600.0
 _LS_TREE_RE = re.compile(
     r"^(?P<mode>\d{6}) (?P<kind>\w+) (?P<oid>[0-9a-f]{40,64})\t(?P<name>.+)$", re.S
 )
+TREE_LIMIT = 16 * 1_048_576
+"""Bytes a tree object from a remote may have before it is refused (about 200,000 entries)."""
+MAX_MERGED_DEVICES = 256
+"""Device folders a merge keeps; a remote with more is hostile, and the rest are dropped."""
+_CLEAN_LIMIT = 200_000
+
+Level = Literal["root", "handoffs", "device", "month", "forgotten"]
+"""The fixed levels of the sync branch's tree (see docs/format.md)."""
+_BELOW: dict[Level, Level | None] = {
+    "root": "handoffs",
+    "handoffs": "device",
+    "device": None,  # a month folder or the forgotten folder: told by the name
+    "month": None,
+    "forgotten": None,
+}
+
+
+def keeps(level: Level, entry: Entry) -> bool:
+    """Whether a merge keeps ``entry`` of a tree at ``level``: only the shapes of
+    docs/format.md, nothing else (no links, no submodules, no stray folders or files)."""
+    is_file = entry.kind == "blob" and entry.mode in FILE_MODES
+    if level == "root":
+        return entry.is_tree and entry.name == HANDOFFS_DIR
+    if level == "handoffs":
+        return entry.is_tree and is_device_name(entry.name)
+    if level == "device":
+        if entry.is_tree:
+            return is_month(entry.name) or entry.name == FORGOTTEN_DIR
+        return is_file and name_kind(entry.name) == "plain"
+    if level == "month":
+        return is_file and name_kind(entry.name) == "sealed"
+    return is_file and name_kind(entry.name) == "forget"
+
+
+def _child_level(level: Level, name: str) -> Level:
+    below = _BELOW[level]
+    if below is not None:
+        return below
+    return "forgotten" if name == FORGOTTEN_DIR else "month"
 
 
 @dataclass(frozen=True)
@@ -96,6 +143,10 @@ class SyncBranch:
         self._local: localremote.LocalRemote | None = None
         self._local_for: tuple[FileIdentity | None, ...] | None = None
         self._local_retry_at = 0.0
+        self._clean: set[tuple[Level, str]] = set()
+        # Listings and ids are immutable, but the caches holding them are shared by the
+        # daemon's threads (a publish, a poll, the refresh): one lock for all of them.
+        self._cache_lock = threading.RLock()
 
     # -- reading --------------------------------------------------------------------
 
@@ -166,10 +217,12 @@ class SyncBranch:
 
     def root_tree(self, commit: str) -> str:
         """The tree of ``commit``."""
-        cached = self._root_of.get(commit)
+        with self._cache_lock:
+            cached = self._root_of.get(commit)
         if cached is None:
             cached = self.git.out("rev-parse", f"{commit}^{{tree}}")
-            _remember(self._root_of, commit, cached)
+            with self._cache_lock:
+                _remember(self._root_of, commit, cached)
         return cached
 
     def entries(self, tree: str) -> tuple[Entry, ...]:
@@ -178,10 +231,11 @@ class SyncBranch:
 
     def listing(self, tree: str) -> Tree:
         """The tree object ``tree``, listed once and then kept."""
-        cached = self._listings.get(tree)
-        if cached is not None:
-            self._listings.move_to_end(tree)
-            return cached
+        with self._cache_lock:
+            cached = self._listings.get(tree)
+            if cached is not None:
+                self._listings.move_to_end(tree)
+                return cached
         output = self.git.run("ls-tree", "-z", tree).stdout.decode("utf-8", "surrogateescape")
         listing = []
         for record in output.split("\0"):
@@ -195,17 +249,40 @@ class SyncBranch:
         self._keep_listing(tree, result)
         return result
 
+    def listings(self, trees: Iterable[str]) -> None:
+        """List every tree of ``trees`` not listed yet, all with two git calls."""
+        with self._cache_lock:
+            wanted = [oid for oid in dict.fromkeys(trees) if oid not in self._listings]
+        if not wanted:
+            return
+        found = self.read_objects(wanted, kind="tree", limit=TREE_LIMIT)
+        for oid in wanted:
+            body = found.get(oid)
+            if body is None:
+                raise GitError(
+                    f"the sync branch in {self.git.worktree} holds a tree {oid[:12]} that is "
+                    f"missing or larger than {TREE_LIMIT} bytes; the remote is damaged or "
+                    "hostile (convosyncd doctor)"
+                )
+            try:
+                self._keep_listing(oid, Tree.parse(body, len(oid) // 2))
+            except ValueError as error:
+                raise GitError(
+                    f"tree {oid[:12]} in {self.git.worktree} is damaged: {error}"
+                ) from None
+
     def _keep_listing(self, oid: str, tree: Tree) -> None:
-        previous = self._listings.pop(oid, None)
-        if previous is not None:
-            self._listed -= len(previous)
-        self._listings[oid] = tree
-        self._listed += len(tree)
-        while len(self._listings) > 1 and (
-            len(self._listings) > _CACHE_SIZE or self._listed > _LISTED_ENTRIES
-        ):
-            _oid, dropped = self._listings.popitem(last=False)
-            self._listed -= len(dropped)
+        with self._cache_lock:
+            previous = self._listings.pop(oid, None)
+            if previous is not None:
+                self._listed -= len(previous)
+            self._listings[oid] = tree
+            self._listed += len(tree)
+            while len(self._listings) > 1 and (
+                len(self._listings) > _CACHE_SIZE or self._listed > _LISTED_ENTRIES
+            ):
+                _oid, dropped = self._listings.popitem(last=False)
+                self._listed -= len(dropped)
 
     def child(self, tree: str | None, name: str) -> Entry | None:
         """The entry called ``name`` in ``tree`` (None if either is missing)."""
@@ -213,21 +290,74 @@ class SyncBranch:
             return None
         return self.listing(tree).find(name)
 
+    def kept(self, level: Level, tree: str | None) -> list[Entry]:
+        """The entries of ``tree`` (at ``level`` of the branch) that a merge keeps."""
+        if tree is None:
+            return []
+        return [entry for entry in self.entries(tree) if keeps(level, entry)]
+
     def device_folders(self, commit: str | None) -> dict[str, str]:
-        """``{device: tree id}`` for every folder under ``handoffs/`` at ``commit``."""
+        """``{device: tree id}`` for every valid device folder under ``handoffs/``."""
         if commit is None:
             return {}
         handoffs = self.child(self.root_tree(commit), HANDOFFS_DIR)
         if handoffs is None or not handoffs.is_tree:
             return {}
-        return {entry.name: entry.oid for entry in self.entries(handoffs.oid) if entry.is_tree}
+        return {entry.name: entry.oid for entry in self.kept("handoffs", handoffs.oid)}
 
-    def device_files(self, folder: str | None) -> tuple[Entry, ...]:
-        """The files of one device folder (by its tree id)."""
-        if folder is None:
-            return ()
-        # Regular files only: a symbolic link or a submodule named like a handoff is not one.
-        return tuple(entry for entry in self.entries(folder) if entry.mode in FILE_MODES)
+    def folder_files(self, device: str, folder: str | None) -> list[tuple[Location, str]]:
+        """Every valid file in one device folder (by its tree id), as ``(location, blob
+        id)``, newest first: months newest first, then format 1 files."""
+        found: list[tuple[Location, str]] = []
+        for month in self.folder_parts(folder):
+            found += self.part_files(device, month)
+        return found
+
+    def folder_parts(self, folder: str | None) -> list[Entry]:
+        """The month folders of one device folder, newest first, then one entry standing
+        for its format 1 files (the folder itself, named ``""``) if it has any."""
+        entries = self.kept("device", folder)
+        months = sorted(
+            (e for e in entries if e.is_tree and e.name != FORGOTTEN_DIR),
+            key=lambda e: e.name,
+            reverse=True,
+        )
+        self.listings(entry.oid for entry in months)
+        if folder is not None and any(not e.is_tree for e in entries):
+            months.append(Entry(TREE_MODE, "tree", folder, ""))
+        return months
+
+    def part_files(self, device: str, part: Entry) -> list[tuple[Location, str]]:
+        """The files of one entry of :meth:`folder_parts`, newest first."""
+        if part.name == "":
+            files = [e for e in self.kept("device", part.oid) if not e.is_tree]
+        else:
+            files = self.kept("month", part.oid)
+        return [(Location(device, part.name, f.name), f.oid) for f in reversed(files)]
+
+    def forget_files(self, root: str | None) -> list[tuple[Location, str]]:
+        """Every forget record under ``root`` (a root tree id): ``(location, blob id)``."""
+        if root is None:
+            return []
+        handoffs = self.child(root, HANDOFFS_DIR)
+        if handoffs is None or not handoffs.is_tree:
+            return []
+        found: list[tuple[Location, str]] = []
+        for device in self.kept("handoffs", handoffs.oid)[:MAX_MERGED_DEVICES]:
+            folder = self.child(device.oid, FORGOTTEN_DIR)
+            if folder is not None and folder.is_tree:
+                for entry in self.kept("forgotten", folder.oid):
+                    found.append((Location(device.name, FORGOTTEN_DIR, entry.name), entry.oid))
+        return found
+
+    def file_at(self, root: str | None, location: Location) -> str | None:
+        """The blob id at ``location`` under ``root`` (a root tree id), or None."""
+        tree: str | None = root
+        for part in location.path.split("/")[:-1]:
+            entry = self.child(tree, part)
+            tree = entry.oid if entry is not None and entry.is_tree else None
+        entry = self.child(tree, location.name)
+        return entry.oid if entry is not None and entry.kind == "blob" else None
 
     def blob_size(self, oid: str) -> int:
         return int(self.git.out("cat-file", "-s", oid))
@@ -235,10 +365,49 @@ class SyncBranch:
     def read_blob(self, oid: str) -> bytes:
         return self.git.run("cat-file", "blob", oid).stdout
 
+    def read_objects(self, oids: Iterable[str], *, kind: str, limit: int) -> dict[str, bytes]:
+        """The content of every object of ``oids`` that is a ``kind`` of at most ``limit``
+        bytes (the others are left out), read with two git calls however many there are:
+        the sizes first, so that nothing larger than ``limit`` is ever read."""
+        wanted = list(dict.fromkeys(oids))
+        if not wanted:
+            return {}
+        request = ("\n".join(wanted) + "\n").encode("ascii")
+        sizes = self.git.run("cat-file", "--batch-check", input=request).text
+        small = []
+        for line in sizes.splitlines():
+            parts = line.split(" ")
+            valid = len(parts) == 3 and parts[1] == kind and parts[2].isdigit()
+            if valid and int(parts[2]) <= limit:
+                small.append(parts[0])
+        if not small:
+            return {}
+        data = self.git.run(
+            "cat-file", "--batch", input=("\n".join(small) + "\n").encode("ascii")
+        ).stdout
+        found: dict[str, bytes] = {}
+        position = 0
+        while position < len(data):
+            end = data.index(b"\n", position)
+            oid, found_kind, size = data[position:end].decode("ascii").split(" ")
+            start = end + 1
+            found[oid] = data[start : start + int(size)]
+            position = start + int(size) + 1
+            if found_kind != kind:  # the ids named something else after all
+                del found[oid]
+        return found
+
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         result = self.git.run("merge-base", "--is-ancestor", ancestor, descendant, check=False)
         if result.returncode not in (0, 1):
             raise GitError(f"cannot compare {ancestor[:12]} and {descendant[:12]}: {result.stderr}")
+        return result.returncode == 0
+
+    def related(self, first: str, second: str) -> bool:
+        """Whether two commits share any history (a purge gives the remote a new root)."""
+        result = self.git.run("merge-base", first, second, check=False)
+        if result.returncode not in (0, 1):
+            raise GitError(f"cannot compare {first[:12]} and {second[:12]}: {result.stderr}")
         return result.returncode == 0
 
     def count_unpushed(self, local: str | None, remote: str | None) -> int:
@@ -343,53 +512,156 @@ class SyncBranch:
         return self._zero
 
     def add_file(self, tip: str | None, folder: Sequence[str], name: str, blob: str) -> str:
-        """The root tree of ``tip`` with one more file at ``folder/name``.
+        """The root tree of ``tip`` with one more file at ``folder/name``."""
+        return self.edit(tip, add={"/".join([*folder, name]): blob})
 
-        Every folder on the way is rewritten (a file or folder of the same name is
-        replaced), and all of them are written by one git call.
+    def edit(
+        self,
+        tip: str | None,
+        *,
+        add: Mapping[str, str] | None = None,
+        remove: Collection[str] = (),
+    ) -> str:
+        """The root tree of ``tip`` with files added (``{path: blob id}``) and removed.
+
+        Every folder on the way is rewritten (a file or folder of the same name as one
+        added is replaced; a folder left empty goes), and all of them are written by one
+        git call.
         """
-        # The trees along the path, root first; None where a folder does not exist yet.
-        path: list[str | None] = [self.root_tree(tip) if tip is not None else None]
-        for part in folder:
-            entry = self.child(path[-1], part)
-            path.append(entry.oid if entry is not None and entry.is_tree else None)
-        algorithm = algorithm_of(blob)
-        entry = Entry(BLOB_MODE, "blob", blob, name)
+        changes: dict[tuple[str, ...], dict[str, str | None]] = {}
+        for path, blob in (add or {}).items():
+            *folder, name = path.split("/")
+            changes.setdefault(tuple(folder), {})[name] = blob
+        for path in remove:
+            *folder, name = path.split("/")
+            changes.setdefault(tuple(folder), {}).setdefault(name, None)
+        root = self.root_tree(tip) if tip is not None else None
+        algorithm = self._algorithm(next(iter((add or {}).values()), None) or root)
         written: list[tuple[str, Tree]] = []
-        for depth in range(len(folder), -1, -1):
-            current = path[depth]
-            base = self.listing(current) if current is not None else Tree.of(())
-            tree = base.with_entry(entry)
-            oid = tree.oid(algorithm)
-            written.append((oid, tree))
-            if depth:
-                entry = Entry(TREE_MODE, "tree", oid, folder[depth - 1])
+        oid = self._edit(root, (), changes, algorithm, written)
+        if oid is None:
+            oid = self._empty_tree(algorithm, written)
         self._write_trees(written)
-        return written[-1][0]
-
-    def union_tree(self, ours: str, theirs: str) -> str:
-        """The tree holding every file of both trees (see :mod:`convosyncd.union`)."""
-        written: list[tuple[str, Tree]] = []
-        oid = self._union(ours, theirs, algorithm_of(ours), written)
-        if written:
-            self._write_trees(written)
         return oid
 
-    def _union(
-        self, ours: str, theirs: str, algorithm: str, written: list[tuple[str, Tree]]
+    def _edit(
+        self,
+        tree: str | None,
+        where: tuple[str, ...],
+        changes: Mapping[tuple[str, ...], Mapping[str, str | None]],
+        algorithm: str,
+        written: list[tuple[str, Tree]],
+    ) -> str | None:
+        base = self.listing(tree) if tree is not None else Tree.of(())
+        result = base
+        below = {
+            path[len(where)]
+            for path in changes
+            if len(path) > len(where) and path[: len(where)] == where
+        }
+        for name in sorted(below):
+            entry = base.find(name)
+            current = entry.oid if entry is not None and entry.is_tree else None
+            inner = self._edit(current, (*where, name), changes, algorithm, written)
+            result = result.without(name)
+            if inner is not None:
+                result = result.with_entry(Entry(TREE_MODE, "tree", inner, name))
+        for name, blob in changes.get(where, {}).items():
+            result = result.without(name)
+            if blob is not None:
+                result = result.with_entry(Entry(BLOB_MODE, "blob", blob, name))
+        if not result.entries:
+            return None
+        if result is base and tree is not None:
+            return tree
+        oid = result.oid(algorithm)
+        written.append((oid, result))
+        return oid
+
+    def _empty_tree(self, algorithm: str, written: list[tuple[str, Tree]]) -> str:
+        empty = Tree.of(())
+        oid = empty.oid(algorithm)
+        written.append((oid, empty))
+        return oid
+
+    def merge_trees(
+        self,
+        ours: str | None,
+        theirs: str | None,
+        *,
+        drop: Collection[str] = (),
+        devices_first: Sequence[str] = (),
     ) -> str:
-        if ours == theirs:
-            return ours
+        """The root tree holding every handoff file of both root trees, less ``drop``.
+
+        Only the shapes of docs/format.md are read and kept, level by level: the root
+        holds ``handoffs`` alone, which holds device folders, which hold month folders,
+        ``forgotten`` and format 1 files. The depth is fixed, whatever the trees hold.
+        Two files that claim one path are both kept (:func:`convosyncd.union.union`).
+        At most :data:`MAX_MERGED_DEVICES` device folders are kept, ``devices_first``
+        before the others.
+        """
+        example = ours or theirs
+        algorithm = algorithm_of(example) if example else self._algorithm(None)
+        written: list[tuple[str, Tree]] = []
+        dropped = frozenset(drop)
+        root = self._merge("root", ours, theirs, "", dropped, devices_first, algorithm, written)
+        if root is None:
+            root = self._empty_tree(algorithm, written)
+        self._write_trees(written)
+        return root
+
+    def _merge(
+        self,
+        level: Level,
+        ours: str | None,
+        theirs: str | None,
+        prefix: str,
+        drop: frozenset[str],
+        first: Sequence[str],
+        algorithm: str,
+        written: list[tuple[str, Tree]],
+    ) -> str | None:
+        sides = [oid for oid in dict.fromkeys((ours, theirs)) if oid is not None]
+        if not sides:
+            return None
+        touched = any(path.startswith(prefix) for path in drop)
+        with self._cache_lock:
+            if len(sides) == 1 and (level, sides[0]) in self._clean and not touched:
+                return sides[0]
+        self.listings(sides)
+        mine = self.kept(level, ours)
+        other = self.kept(level, theirs)
+        if level == "handoffs":
+            mine, other = _first_devices(mine, other, first)
+        # Folders of both sides that differ are merged in turn: list them all at once.
+        self.listings(entry.oid for entry in (*mine, *other) if entry.is_tree)
         merged: list[Entry] = []
-        for step in union.union(self.entries(ours), self.entries(theirs)):
-            if isinstance(step, union.Recurse):
-                inner = self._union(step.ours, step.theirs, algorithm, written)
-                merged.append(Entry(TREE_MODE, "tree", inner, step.name))
-            else:
-                merged.append(step)
+        for step in union.union(mine, other):
+            if isinstance(step, union.Recurse) or step.is_tree:
+                name = step.name
+                below = _child_level(level, name)
+                if isinstance(step, union.Recurse):
+                    left, right = step.ours, step.theirs
+                else:
+                    left, right = step.oid, None
+                inner = self._merge(
+                    below, left, right, f"{prefix}{name}/", drop, first, algorithm, written
+                )
+                if inner is not None:
+                    merged.append(Entry(TREE_MODE, "tree", inner, name))
+            elif f"{prefix}{step.name}" not in drop:
+                merged.append(Entry(BLOB_MODE, "blob", step.oid, step.name))
+        if not merged:
+            return None
         tree = Tree.of(merged)
         oid = tree.oid(algorithm)
-        written.append((oid, tree))
+        if oid not in sides:
+            written.append((oid, tree))
+        with self._cache_lock:
+            if len(self._clean) > _CLEAN_LIMIT:
+                self._clean.clear()
+            self._clean.add((level, oid))
         return oid
 
     # -- the remote -----------------------------------------------------------------
@@ -537,6 +809,26 @@ def _push_status(porcelain: str, ref: str) -> str | None:
                 return "rejected"
             return "error"
     return None
+
+
+def _first_devices(
+    mine: list[Entry], other: list[Entry], first: Sequence[str]
+) -> tuple[list[Entry], list[Entry]]:
+    """Both sides' device folders cut to :data:`MAX_MERGED_DEVICES` names together,
+    the names in ``first`` kept before the others (logged when the cap bites)."""
+    names = {entry.name for entry in (*mine, *other)}
+    if len(names) <= MAX_MERGED_DEVICES:
+        return mine, other
+    order = [name for name in first if name in names]
+    order += sorted(names - set(order))
+    kept = set(order[:MAX_MERGED_DEVICES])
+    log.warning(
+        "the sync branch holds %d device folders; a merge keeps %d and drops the rest "
+        "(a remote with that many is damaged or hostile)",
+        len(names),
+        MAX_MERGED_DEVICES,
+    )
+    return [e for e in mine if e.name in kept], [e for e in other if e.name in kept]
 
 
 def _remember(cache: OrderedDict[str, T], key: str, value: T) -> None:

@@ -1,32 +1,33 @@
-"""Handoffs as text: reading a draft's task line, the stored file with its front matter,
-the plugin's ``session-handoff.md`` format, and plain notification text.
+"""Handoffs as text: a draft's task line, the content sealed on the branch (front matter
+and the draft), the plugin's ``session-handoff.md`` format, and clean text.
+
+Text that came from a remote is cleaned once, where it is parsed (:func:`parse_stored`):
+terminal escapes, control characters, bidirectional overrides, zero-width and tag
+characters go, so nothing downstream (the hook, ``session-handoff.md``, ``resume``,
+``log``, notifications) can be made to show one thing and mean another.
 
 Everything here is a pure function of its inputs: no files, no git, no clock.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+
+from convosyncd.layout import is_device_name, parse_name
 
 CONVOSYNC_DIR = ".convosync"
 DRAFT_NAME = "session-handoff-draft.md"
 MATERIALIZED_NAME = "session-handoff.md"
 DEVICE_ID_NAME = "device-id"
-HANDOFFS_DIR = "handoffs"
 PLUGIN_TITLE = "# ConvoSync Session Handoffs"
 
 TASK_LIMIT = 120
 """Characters of the task line kept in front matter, commit messages and notifications."""
 
-DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_FILENAME_RE = re.compile(
-    r"^(?P<stamp>\d{8}T\d{6})\.(?P<millis>\d{3})Z-(?P<digest>[0-9a-f]{12})(?:~[0-9a-f]{8})?\.md$"
-)
 _TASK_HEADING_RE = re.compile(r"^\s{0,3}#{1,6}\s*current\s+task\s*:?\s*#*\s*$", re.IGNORECASE)
 _HEADING_RE = re.compile(r"^\s{0,3}#{1,6}\s")
 _ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
@@ -73,38 +74,24 @@ def parse_time(text: str) -> datetime | None:
     return moment.astimezone(timezone.utc)
 
 
-def content_digest(data: bytes) -> str:
-    """The short content hash that names a handoff and makes publishing idempotent."""
-    return hashlib.sha256(data).hexdigest()[:12]
+def clean_text(text: str) -> str:
+    """``text`` as it may be shown: lines and tabs kept, nothing invisible or active.
+
+    Terminal escape sequences (colours, titles, OSC 52's clipboard writes) go whole;
+    then every control character but newline and tab, every format character (the
+    bidirectional overrides and isolates, zero-width spaces and joiners, the byte order
+    mark, Unicode's tag characters), surrogates, private-use and unassigned characters.
+    Line ends become ``\\n``.
+    """
+    text = _ANSI_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return "".join(
+        char
+        for char in text
+        if char in "\n\t" or unicodedata.category(char) not in _INVISIBLE_CATEGORIES
+    )
 
 
-def handoff_filename(created: datetime, digest: str) -> str:
-    """``20261123T224535.123Z-3f2a9c1d0e4b.md``: sorts by time, names the content."""
-    moment = created.astimezone(timezone.utc)
-    return f"{moment:%Y%m%dT%H%M%S}.{moment.microsecond // 1000:03d}Z-{digest}.md"
-
-
-def parse_filename(name: str) -> tuple[datetime, str] | None:
-    """The creation time and content digest in a handoff file name, or None."""
-    match = _FILENAME_RE.match(name)
-    if match is None:
-        return None
-    try:
-        moment = datetime.strptime(match["stamp"], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-    return moment + timedelta(milliseconds=int(match["millis"])), match["digest"]
-
-
-def digest_of_filename(name: str) -> str | None:
-    """Just the content digest of a handoff file name."""
-    parsed = parse_filename(name)
-    return parsed[1] if parsed else None
-
-
-def is_device_name(name: str) -> bool:
-    """True for names a device folder may have (nothing that could climb out of it)."""
-    return bool(DEVICE_RE.match(name))
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 
 
 def plain_text(text: str, limit: int) -> str:
@@ -183,15 +170,19 @@ def render_stored(provenance: Provenance, text: str) -> bytes:
 
 
 def parse_stored(data: bytes, *, device: str, name: str) -> Handoff:
-    """Read a stored handoff; ``device`` and ``name`` come from its path on the branch.
+    """Read a handoff's content; ``device`` and ``name`` come from its path on the branch.
 
-    The path is authoritative: front matter cannot claim another device. Values are
-    reduced to plain text, so a hostile file cannot smuggle markup or escapes into a
-    notification or into ``session-handoff.md``'s metadata lines.
+    The path is authoritative (it is sealed with the content): front matter that names
+    another device is refused. Every value and the body are cleaned
+    (:func:`clean_text`), metadata reduced to one plain line each.
     """
     if not is_device_name(device):
         raise HandoffFormatError(f"invalid device folder name {device!r}")
-    text = data.decode("utf-8", "replace").replace("\x00", "")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HandoffFormatError(f"{device}/{name}: not UTF-8 text") from None
+    text = clean_text(text)
     meta: dict[str, str] = {}
     body = text
     lines = text.split("\n")
@@ -205,8 +196,12 @@ def parse_stored(data: bytes, *, device: str, name: str) -> Handoff:
                 meta[key.strip()] = value.strip()
         else:
             raise HandoffFormatError(f"{device}/{name}: front matter is not closed by '---'")
-    from_name = parse_filename(name)
-    created = parse_time(meta.get("created", "")) or (from_name[0] if from_name else None)
+    if meta.get("device", device) != device:
+        raise HandoffFormatError(
+            f"{device}/{name}: its front matter names the device {plain_text(meta['device'], 64)!r}"
+        )
+    from_name = parse_name(name)
+    created = parse_time(meta.get("created", "")) or (from_name.created if from_name else None)
     if created is None:
         raise HandoffFormatError(f"{device}/{name}: no creation time in front matter or name")
     task = plain_text(meta.get("task", ""), TASK_LIMIT) or task_line(body)
@@ -226,19 +221,46 @@ def newest_first(handoffs: Iterable[Handoff]) -> list[Handoff]:
     return sorted(handoffs, key=lambda handoff: (handoff.created, handoff.device), reverse=True)
 
 
-def render_plugin(handoffs: Iterable[Handoff]) -> str:
+PLUGIN_HANDOFF_BYTES = 64 * 1024
+"""Bytes of one handoff's body written to ``session-handoff.md`` (the rest: ``show``)."""
+PLUGIN_FILE_BYTES = 256 * 1024
+"""Bytes of all bodies together in ``session-handoff.md``."""
+
+
+def clip(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text, False
+    return data[: max(0, limit)].decode("utf-8", "ignore"), True
+
+
+def render_plugin(
+    handoffs: Iterable[Handoff],
+    *,
+    per_handoff: int = PLUGIN_HANDOFF_BYTES,
+    total: int = PLUGIN_FILE_BYTES,
+) -> str:
     """``session-handoff.md`` in the format the plugin's ``/convosync:resume`` parses.
 
     The plugin splits the file on lines that are exactly ``---``; such a line inside a
     body would cut the handoff in two, so it is written as ``- - -`` (the same
-    horizontal rule in Markdown).
+    horizontal rule in Markdown). Each body is cut at ``per_handoff`` bytes and all of
+    them together at ``total``, with a line saying how to read the rest.
     """
     parts = [PLUGIN_TITLE, ""]
+    room = total
     for handoff in newest_first(handoffs):
+        body, cut = clip(handoff.body.strip("\n"), min(per_handoff, room))
+        room -= len(body.encode("utf-8"))
         body = "\n".join(
-            "- - -" if _PLUGIN_SEPARATOR_RE.match(line) else line
-            for line in handoff.body.strip("\n").split("\n")
+            "- - -" if _PLUGIN_SEPARATOR_RE.match(line) else line for line in body.split("\n")
         )
+        if cut:
+            body += (
+                f"\n\n(cut here; `convosyncd show {handoff.device}/{handoff.name}` prints "
+                "the whole handoff)"
+            )
         parts += [
             "---",
             f"## Handoff from {handoff.device}",
@@ -281,15 +303,10 @@ def notification_for(handoff: Handoff, repo_name: str) -> Notification:
     return Notification(title=title, message=message)
 
 
-def newest_per_device(
-    names_by_device: Mapping[str, Sequence[str]], own_device: str
-) -> dict[str, str]:
-    """Of the newly arrived handoff files, the newest of each *other* device."""
-    chosen: dict[str, str] = {}
-    for device, names in names_by_device.items():
-        if device == own_device or not is_device_name(device):
-            continue
-        valid = [name for name in names if parse_filename(name) is not None]
-        if valid:
-            chosen[device] = max(valid)
-    return chosen
+def summary_notification(arrived: int, devices: Iterable[str], repo_name: str) -> Notification:
+    """One notification for a burst: "5 handoffs from 3 devices" / "app: laptop, phone, …"."""
+    names = sorted(set(devices))
+    listed = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+    title = plain_text(f"{arrived} handoffs from {len(names)} devices", 80)
+    message = plain_text(f"{plain_text(repo_name, 60)}: {listed}", 200)
+    return Notification(title=title, message=message)

@@ -44,13 +44,13 @@ from convosyncd.handoff import (
     CONVOSYNC_DIR,
     MATERIALIZED_NAME,
     Handoff,
-    is_device_name,
     newest_first,
     parse_time,
     plain_text,
     render_plugin,
     task_line,
 )
+from convosyncd.layout import is_device_name
 from convosyncd.worktree import WorkTree
 
 PATH = f"{CONVOSYNC_DIR}/{MATERIALIZED_NAME}"

@@ -61,6 +61,13 @@ class RepoState:
     last_inline: Event | None = None
     inline_problem: Event | None = None
     inline_unpushed: str | None = None
+    # What the remote holds that is not the person's: {device: {verdict: count,
+    # "key_ids": [...]}} (see catalog.Survey); devices seen with verified handoffs (read
+    # first when a remote holds too many folders); when a handoff dated in the future was
+    # first seen ({device/name: ISO time}, ordering it instead of its date).
+    untrusted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    known_devices: list[str] = field(default_factory=list)
+    first_seen: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: an idle poll saves the state of every repo,
@@ -70,8 +77,8 @@ class RepoState:
             value = getattr(self, name)
             if isinstance(value, Event):
                 value = {"time": value.time, "message": value.message}
-            elif isinstance(value, list):
-                value = list(value)
+            elif isinstance(value, (list, dict)):
+                value = value.copy()
             data[name] = value
         data["version"] = VERSION
         return data
@@ -90,6 +97,10 @@ class RepoState:
             values[item.name] = value
         state = cls(**values)
         if not isinstance(state.pending, int) or not isinstance(state.notified_problems, list):
+            raise ValueError("wrong field types")
+        if not isinstance(state.untrusted, dict) or not isinstance(state.first_seen, dict):
+            raise ValueError("wrong field types")
+        if not isinstance(state.known_devices, list):
             raise ValueError("wrong field types")
         return state
 

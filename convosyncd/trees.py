@@ -108,6 +108,46 @@ class Tree:
                 return self.entries[index]
         return None
 
+    @classmethod
+    def parse(cls, body: bytes, id_bytes: int) -> Tree:
+        """A tree from its object's raw bytes (ids of ``id_bytes`` bytes each).
+
+        Raises ValueError for bytes that are no tree. The records are kept as read, so
+        the parsed tree's bytes, and so its id, are exactly the object's.
+        """
+        entries: list[Entry] = []
+        records: list[bytes] = []
+        position = 0
+        while position < len(body):
+            space = body.find(b" ", position)
+            nul = body.find(b"\0", space + 1)
+            end = nul + 1 + id_bytes
+            if space < 0 or nul < 0 or end > len(body):
+                raise ValueError("truncated tree object")
+            mode = body[position:space].decode("ascii")
+            if not mode.isdigit() or len(mode) > 6:
+                raise ValueError(f"invalid mode {mode!r} in a tree object")
+            name = body[space + 1 : nul].decode("utf-8", "surrogateescape")
+            kind = "tree" if mode == "40000" else "commit" if mode == "160000" else "blob"
+            entries.append(Entry(mode.zfill(6), kind, body[nul + 1 : end].hex(), name))
+            records.append(body[position:end])
+            position = end
+        return cls(entries, [sort_key(entry) for entry in entries], records)
+
+    def without(self, name: str) -> Tree:
+        """This tree without the entries called ``name`` (file or folder)."""
+        encoded = encode_name(name)
+        drop = {encoded, encoded + b"/"}
+        kept = [i for i, key in enumerate(self.keys) if key not in drop]
+        if len(kept) == len(self.keys):
+            return self
+        records = self.records
+        return Tree(
+            [self.entries[i] for i in kept],
+            [self.keys[i] for i in kept],
+            [records[i] for i in kept],
+        )
+
     def with_entry(self, entry: Entry) -> Tree:
         """This tree with ``entry`` added, replacing whatever had its name.
 

@@ -144,6 +144,15 @@ class WorkTree:
         prefix = f"{CONVOSYNC_DIR}/"
         return {name[len(prefix) :] for name in output.split("\0") if name.startswith(prefix)}
 
+    def tracks(self, name: str) -> bool:
+        """Whether the person's branch tracks ``.convosync/<name>``: in the index, or in
+        HEAD's tree (untracked but not committed yet)."""
+        path = f"{CONVOSYNC_DIR}/{name}"
+        if self.git.run("ls-files", "-z", "--", path).stdout:
+            return True
+        in_head = self.git.run("ls-tree", "-z", "HEAD", "--", path, check=False)
+        return in_head.returncode == 0 and bool(in_head.stdout)
+
     def head(self) -> HeadInfo:
         """HEAD's commit and branch (``detached at ...`` or ``rebasing X`` as the case is)."""
         # One git call in the usual cases (on a branch, or detached with a commit); an

@@ -15,7 +15,14 @@ from convosyncd.gitcmd import Git
 from convosyncd.gitstore import Identity, SyncBranch
 from convosyncd.notify import Notifier
 from convosyncd.sync import RepoSync
-from tests.support.devices import Device, git, handoff_text, make_device, make_remote
+from tests.support.devices import (
+    PERSON_KEY,
+    Device,
+    git,
+    handoff_text,
+    make_device,
+    make_remote,
+)
 
 REF = "refs/heads/convosync"
 WHO = Identity("Test Person", "person@example.invalid")
@@ -114,6 +121,7 @@ def test_head_of_a_repo_without_commits(tmp_path: Path) -> None:
     git(repo, "remote", "add", "origin", str(remote))
     device = Device("desktop", tmp_path, repo, remote, {"settle": 0.0, "notify": False})
     device.write_config()
+    device.give_key(PERSON_KEY)
     device.write_draft(handoff_text("Before the first commit"))
     config = configs.load(device.config)
     result = RepoSync(config, config.repos[0], Notifier(enabled=False, timeout=1)).cycle(

@@ -18,10 +18,13 @@ from convosyncd.notify import Notifier
 from convosyncd.sync import RepoSync
 from tests.support.devices import (
     Device,
+    branch_files,
     git,
+    handoff_paths,
     handoff_text,
     interrupt,
     make_device,
+    opened,
     snapshot,
 )
 from tests.support.network import silent_listener
@@ -45,8 +48,7 @@ def laptop(tmp_path: Path, remote: Path) -> Device:
 
 
 def remote_files(remote: Path) -> list[str]:
-    output = git(remote, "ls-tree", "-r", "--name-only", "refs/heads/convosync", check=False)
-    return [line for line in output.splitlines() if line]
+    return branch_files(remote)
 
 
 def test_first_publish_creates_the_branch_on_both_sides(desktop: Device, remote: Path) -> None:
@@ -56,18 +58,21 @@ def test_first_publish_creates_the_branch_on_both_sides(desktop: Device, remote:
     assert result.published and result.pushed
     assert not desktop.draft.exists()
     [path] = remote_files(remote)
-    assert re.fullmatch(r"handoffs/desktop/\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{12}\.md", path)
-    stored = git(remote, "show", f"refs/heads/convosync:{path}")
+    month = r"\d{4}-(0[1-9]|1[0-2])"
+    name = r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{16}\.sealed"
+    assert re.fullmatch(rf"handoffs/desktop/{month}/{name}", path)
+    stored = opened(remote, path)
     head = git(desktop.repo, "rev-parse", "HEAD")
     assert stored.startswith(
         f"---\ndevice: desktop\ncreated: {stored.split('created: ')[1][:20]}\n"
         f"repo_commit: {head}\nrepo_branch: main\ntask: Implementing OAuth refresh tokens\n---\n"
     )
-    assert stored.endswith(handoff_text("Implementing OAuth refresh tokens").rstrip("\n"))
-    message = git(remote, "log", "-1", "--format=%s%n%an <%ae>", "refs/heads/convosync")
-    assert (
-        message == "handoff(desktop): Implementing OAuth refresh tokens\n"
-        "Test Person <person@example.invalid>"
+    assert stored.rstrip("\n").endswith(handoff_text("Implementing OAuth refresh tokens").rstrip())
+    # Nothing of the person's on the remote: no task line, no name, no address.
+    message = git(remote, "log", "-1", "--format=%B%n%an <%ae>%n%cn <%ce>", "refs/heads/convosync")
+    assert message == (
+        "handoff(desktop)\n\ndesktop <desktop@convosyncd.invalid>\n"
+        "desktop <desktop@convosyncd.invalid>"
     )
 
 
@@ -129,7 +134,7 @@ def test_a_rejected_push_is_merged_as_the_union_and_pushed_again(
     assert sorted(laptop.sync_branch_files()) == sorted(files)
     for device in (desktop, laptop):
         for path in device.sync_branch_files():
-            assert "<<<<<<<" not in git(device.repo, "show", f"convosync:{path}")
+            assert "<<<<<<<" not in opened(device.repo, path)
 
 
 def test_a_merge_from_both_sides_gives_the_same_tree(desktop: Device, laptop: Device) -> None:
@@ -212,8 +217,8 @@ def test_the_persons_work_is_untouched(
     assert result.ok, result.error
     assert result.published and result.arrived
     assert snapshot(desktop.repo) == before
-    path = next(p for p in remote_files(remote) if p.startswith("handoffs/desktop/"))
-    assert f"repo_branch: {branch}\n" in git(remote, "show", f"refs/heads/convosync:{path}")
+    [path] = handoff_paths(remote, "desktop")
+    assert f"repo_branch: {branch}\n" in opened(remote, path)
     assert desktop.materialized.exists()
     status = git(
         desktop.repo, "--no-optional-locks", "status", "--porcelain", "--untracked-files=all"

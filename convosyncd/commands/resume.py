@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from convosyncd import config as configs
+from convosyncd import keys
+from convosyncd import state as states
 from convosyncd.catalog import Catalog
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import UsageError
 from convosyncd.gitcmd import Git
 from convosyncd.gitstore import SyncBranch
-from convosyncd.handoff import Handoff, describe_age, newest_first
+from convosyncd.handoff import Handoff, describe_age
 
 
 def add_parser(subparsers: Any) -> None:
@@ -39,16 +41,31 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def others_latest(config: Config, repo: RepoConfig) -> list[Handoff]:
-    """The newest handoff of each other device on the local sync branch, newest first."""
+def open_catalog(config: Config, repo: RepoConfig) -> Catalog:
+    """The repo's sync branch as this device's keyring sees it (read-only)."""
+    keyring = keys.require(keys.key_file(config.path))
     branch = SyncBranch(
         Git(repo.path, network_timeout=config.network_timeout),
         remote=repo.remote,
         branch=repo.branch,
     )
-    catalog = Catalog(branch, max_bytes=config.max_draft_bytes)
-    tip = branch.tip()
-    return newest_first(h for h in catalog.latest(tip) if h.device != config.device)
+    state, _fresh = states.load(states.state_file(config.state_dir, repo.path), repair=False)
+    return Catalog(
+        branch,
+        lambda: keyring,
+        max_bytes=config.max_draft_bytes,
+        first_seen=dict(state.first_seen),
+        known_devices=lambda: (config.device, *state.known_devices),
+    )
+
+
+def others_latest(config: Config, repo: RepoConfig) -> list[Handoff]:
+    """The newest verified handoff of each other device on the local sync branch,
+    newest first."""
+    catalog = open_catalog(config, repo)
+    now = datetime.now(timezone.utc)
+    found = [h for h in catalog.latest(catalog.branch.tip(), now=now) if h.device != config.device]
+    return sorted(found, key=lambda handoff: catalog.order_key(handoff, now), reverse=True)
 
 
 def render(handoffs: list[Handoff], now: datetime) -> str:

@@ -1,22 +1,39 @@
 """Delivering: ``session-handoff.md`` and notifications for what arrived.
 
-After each change of the local sync branch, the newest handoff of every device is
-written to ``.convosync/session-handoff.md`` in the plugin's format (in mode inline it is
-also committed on the person's branch), and each other device whose handoffs arrived is
-notified once, for its newest. What has been considered for a notification is
-remembered (``notified_through``) before anything is sent, so after a crash a
-notification may be missed but is never raised twice.
+After each change of the local sync branch, the newest verified handoff of every
+device is written to ``.convosync/session-handoff.md`` in the plugin's format (in mode
+inline it is also committed on the person's branch), and each other device whose
+verified handoffs arrived is notified once, for its newest; more than
+:data:`MAX_NOTIFICATIONS` devices at once make one summary instead. What has been
+considered for a notification is remembered (``notified_through``) before anything is
+sent, so after a crash a notification may be missed but is never raised twice. What
+arrived that does not open under the person's key is counted for ``status``, never
+shown or notified.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 from convosyncd import state as states
-from convosyncd.handoff import MATERIALIZED_NAME, newest_per_device, notification_for, render_plugin
+from convosyncd.catalog import Survey
+from convosyncd.handoff import (
+    MATERIALIZED_NAME,
+    Handoff,
+    Notification,
+    notification_for,
+    render_plugin,
+    summary_notification,
+)
 from convosyncd.sync.repo import SyncedRepo, now_text
 
 log = logging.getLogger(__name__)
+
+MAX_NOTIFICATIONS = 3
+"""Notifications one refresh raises at most; a burst from more devices is one summary."""
+KNOWN_DEVICES = 32
+"""Devices remembered as seen with verified handoffs (read first from a crowded remote)."""
 
 
 class Deliverer:
@@ -47,31 +64,78 @@ class Deliverer:
                 return (), ()
             if baseline is not None and not branch.has_commit(baseline):
                 baseline = None
-            arrived = repo.catalog.arrivals(baseline, tip, repo.device)
+            arrived, others = repo.catalog.arrivals(baseline, tip, repo.device)
             repo.state.notified_through = tip
             if arrived:
-                repo.state.last_pull = states.Event(
-                    now_text(), f"{sum(len(v) for v in arrived.values())} new handoff(s)"
+                count = sum(len(items) for items in arrived.values())
+                repo.state.last_pull = states.Event(now_text(), f"{count} new handoff(s)")
+                self._remember_devices(arrived)
+            for device, survey in others.items():
+                log.warning(
+                    "%s: %d file(s) arrived in %s's folder that do not open under your sync "
+                    "key (%s); they are not shown (convosyncd status says more)",
+                    repo.repo.path,
+                    survey.untrusted,
+                    device,
+                    _describe(survey),
                 )
             # Remember first, then notify: after a crash a notification may be missed,
             # but never raised twice.
             repo.save()
-        notified = []
-        for device, name in sorted(newest_per_device(arrived, repo.device).items()):
-            handoff = repo.catalog.read(tip, device, name)
-            if handoff is None:
-                continue
-            delivery = repo.notifier.send(notification_for(handoff, repo.repo.path.name))
+        notified = self._notify(arrived)
+        names = tuple(
+            f"{device}/{handoff.name}" for device, items in arrived.items() for handoff in items
+        )
+        return names, notified
+
+    def _notify(self, arrived: dict[str, list[Handoff]]) -> tuple[str, ...]:
+        repo = self.repo
+        now = datetime.now(timezone.utc)
+        newest = {
+            device: max(items, key=lambda handoff: repo.catalog.order_key(handoff, now))
+            for device, items in arrived.items()
+        }
+        if len(newest) > MAX_NOTIFICATIONS:
             log.info(
-                "%s: handoff from %s arrived (%s); notification %s",
+                "%s: handoffs from %d devices arrived at once; one summary notification "
+                "instead of one each (at most %d)",
                 repo.repo.path,
-                device,
-                handoff.task,
-                delivery.outcome,
+                len(newest),
+                MAX_NOTIFICATIONS,
             )
-            notified.append(f"{device}/{name}")
-        names = tuple(f"{device}/{name}" for device, items in arrived.items() for name in items)
-        return names, tuple(notified)
+            count = sum(len(items) for items in arrived.values())
+            self._send(summary_notification(count, newest, repo.repo.path.name), "a burst")
+            return tuple(f"{device}/{handoff.name}" for device, handoff in sorted(newest.items()))
+        notified = []
+        for device, handoff in sorted(newest.items()):
+            self._send(notification_for(handoff, repo.repo.path.name), handoff.task, device)
+            notified.append(f"{device}/{handoff.name}")
+        return tuple(notified)
+
+    def _send(self, notification: Notification, what: str, device: str = "") -> None:
+        repo = self.repo
+        delivery = repo.notifier.send(notification)
+        source = f"handoff from {device}" if device else "handoffs"
+        log.info(
+            "%s: %s arrived (%s); notification %s", repo.repo.path, source, what, delivery.outcome
+        )
+
+    def _remember_devices(self, arrived: dict[str, list[Handoff]]) -> None:
+        known = self.repo.state.known_devices
+        fresh = [device for device in sorted(arrived) if device not in known]
+        if fresh:
+            self.repo.state.known_devices = [*known, *fresh][-KNOWN_DEVICES:]
+
+    def survey(self, tip: str) -> None:
+        """Count what the branch holds that is not the person's, for ``status``."""
+        repo = self.repo
+        found = {
+            device: survey.as_json()
+            for device, survey in repo.catalog.survey(tip).items()
+            if survey.untrusted
+        }
+        if found != repo.state.untrusted:
+            repo.state.untrusted = found
 
     def _refreshed(self, tip: str | None) -> bool:
         """Whether ``tip`` is written, notified and known, and the file still there."""
@@ -104,6 +168,7 @@ class Deliverer:
             return
         if repo.tree.write_materialized(render_plugin(repo.catalog.latest(tip))):
             log.debug("%s: wrote %s", repo.repo.path, repo.tree.materialized)
+        self.survey(tip)
         self._refreshed_tip = tip
 
     def _record_inline(self, tip: str) -> None:
@@ -111,6 +176,7 @@ class Deliverer:
         repo = self.repo
         assert repo.inline is not None
         outcome = repo.inline.record(repo.catalog.latest(tip), repo.identity())
+        self.survey(tip)
         if outcome.status == "skipped":
             # Tried again on the next refresh, until the reason has gone.
             repo.inline_problem(outcome.message)
@@ -123,3 +189,12 @@ class Deliverer:
         repo.clear_inline_problem("not committed")
         self._refreshed_tip = tip
         repo.save()
+
+
+def _describe(survey: Survey) -> str:
+    parts = [
+        f"{count} {verdict}"
+        for verdict in ("foreign", "forged", "damaged", "unverified")
+        if (count := getattr(survey, verdict))
+    ]
+    return ", ".join(parts)

@@ -20,16 +20,9 @@ from typing import Literal
 from convosyncd import draft as drafts
 from convosyncd import state as states
 from convosyncd.errors import ConvosyncError
-from convosyncd.handoff import (
-    DRAFT_NAME,
-    HANDOFFS_DIR,
-    Provenance,
-    content_digest,
-    digest_of_filename,
-    handoff_filename,
-    render_stored,
-    task_line,
-)
+from convosyncd.handoff import DRAFT_NAME, Provenance, render_stored, task_line
+from convosyncd.layout import handoff_location, parse_name
+from convosyncd.seal import seal_handoff
 from convosyncd.sync.repo import ATTEMPTS, SyncedRepo, now_text
 
 log = logging.getLogger(__name__)
@@ -107,7 +100,9 @@ class Publisher:
 
     def _publish(self, draft: drafts.Draft) -> PublishResult:
         repo, branch, device = self.repo, self.repo.branch, self.repo.device
-        digest = content_digest(draft.data)
+        self._refuse_tracked(draft)
+        key = repo.keys.require().current
+        digest = key.digest(device, draft.data)
         for _attempt in range(ATTEMPTS):
             tip = branch.tip()
             folder = branch.device_folders(tip).get(device)
@@ -123,61 +118,59 @@ class Publisher:
             text = self._screen_secrets(draft)
             head = repo.tree.head()
             created = datetime.now(timezone.utc)
-            name = handoff_filename(created, digest)
-            provenance = Provenance(device, created, head.commit, head.branch)
-            stored = render_stored(provenance, text)
-            blob = branch.write_blob(stored)
-            root = branch.add_file(tip, (HANDOFFS_DIR, device), name, blob)
-            task = task_line(text)
+            location = handoff_location(device, created, digest)
+            content = render_stored(Provenance(device, created, head.commit, head.branch), text)
+            blob = branch.write_blob(seal_handoff(key, location.path, content))
+            root = branch.edit(tip, add={location.path: blob})
             commit = branch.commit(
-                root,
-                [tip] if tip else [],
-                f"handoff({device}): {task}",
-                repo.identity(),
-                created,
+                root, [tip] if tip else [], f"handoff({device})", repo.branch_identity(), created
             )
-            if branch.move(commit, tip, f"publish {name}"):
+            if branch.move(commit, tip, f"publish {location.name}"):
                 break
         else:
             raise ConvosyncError(
                 "the sync branch kept changing while publishing; "
                 "the draft stays and will be published on the next try"
             )
-        log.info("%s: published %s/%s (%s)", repo.repo.path, device, name, task)
-        published[digest] = name
+        task = task_line(text)
+        log.info("%s: published %s (%s)", repo.repo.path, location.key, task)
+        published[digest] = location.name
         self._published = (branch.device_folders(commit).get(device), published)
-        repo.catalog.remember(blob, device, name, stored)
-        repo.state.last_publish = states.Event(now_text(), f"{name}: {task}")
+        repo.catalog.remember(location, blob, content, key.key_id)
+        repo.state.last_publish = states.Event(now_text(), f"{location.key}: {task}")
         repo.state.local_tip = commit
         self._clear_draft_problem()
         self._finish_draft(draft)
         # One more handoff commit than the remote has: counted without asking git, since
         # the push that follows at once counts again (0 once it is through).
         repo.set_pending(repo.state.pending + 1)
-        return PublishResult("published", name=name, commit=commit)
+        return PublishResult("published", name=location.key, commit=commit)
+
+    def _refuse_tracked(self, draft: drafts.Draft) -> None:
+        """A draft the person's branch tracks came with a checkout or a pull: someone
+        else's words, never to be published as this device's."""
+        tree = self.repo.tree
+        if tree.tracks(DRAFT_NAME):
+            raise drafts.DraftRefused(
+                f"{draft.path} is tracked by git on your branch, so it came with a checkout "
+                "or a pull and is not this device's to publish; it was left alone: untrack "
+                f"it (`git rm --cached .convosync/{DRAFT_NAME}`, then commit) if it is yours"
+            )
 
     def _published_digests(self, folder: str | None) -> dict[str, str]:
-        """``{content digest: file name}`` of this device's handoffs in ``folder``."""
+        """``{digest: file name}`` of this device's sealed handoffs in ``folder``."""
         if folder is None:
             return {}
         if self._published[0] != folder:
             found: dict[str, str] = {}
-            for entry in self.repo.branch.device_files(folder):
-                digest = digest_of_filename(entry.name)
-                if digest is not None:
-                    found.setdefault(digest, entry.name)
+            for location, _oid in self.repo.branch.folder_files(self.repo.device, folder):
+                name = parse_name(location.name)
+                if name is not None and name.kind == "sealed":
+                    found.setdefault(name.digest, location.name)
             self._published = (folder, found)
         return self._published[1]
 
     def _finish_draft(self, draft: drafts.Draft) -> None:
-        if DRAFT_NAME in self.repo.tracked:
-            log.warning(
-                "%s: the draft is tracked by git on your branch, so it was left in place "
-                "(run `git rm --cached .convosync/%s` to let convosyncd remove it)",
-                self.repo.repo.path,
-                DRAFT_NAME,
-            )
-            return
         if not drafts.remove_if_unchanged(draft):
             log.info(
                 "%s: the draft changed while publishing; the new version is next",

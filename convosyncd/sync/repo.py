@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 from filelock import FileLock, Timeout
 
+from convosyncd import keys
 from convosyncd import state as states
 from convosyncd.catalog import Catalog
 from convosyncd.config import Config, RepoConfig
@@ -86,9 +87,17 @@ class SyncedRepo:
         )
         self.tree = WorkTree(repo.path, self.git)
         self.branch = SyncBranch(self.git, remote=repo.remote, branch=repo.branch)
-        self.catalog = Catalog(self.branch, max_bytes=config.max_draft_bytes)
         self.state_path = states.state_file(config.state_dir, repo.path)
         self.state, _fresh = states.load(self.state_path)
+        self.keys = keys.KeySource(keys.key_file(config.path))
+        """The person's sync key, read again whenever its file changes."""
+        self.catalog = Catalog(
+            self.branch,
+            self.keys.get,
+            max_bytes=config.max_draft_bytes,
+            first_seen=self.state.first_seen,
+            known_devices=lambda: (self.device, *self.state.known_devices),
+        )
         self.state.path = str(repo.path)
         self.state.remote = repo.remote
         self.state.branch = repo.branch
@@ -166,8 +175,14 @@ class SyncedRepo:
                 self.state.initialized = True
                 self.save()
 
+    def branch_identity(self) -> Identity:
+        """Who the sync branch's commits are by: the device, never the person's name or
+        address (the remote is not theirs alone)."""
+        return Identity(name=self.device, email=f"{self.device}@convosyncd.invalid")
+
     def identity(self) -> Identity:
-        """The person's git identity where configured, else the device's name."""
+        """The person's git identity where configured, else the device's name (for the
+        commits mode inline makes on the person's own branch)."""
         if self._identity is None:
             output = self.git.run(
                 "config", "--get-regexp", r"^user\.(name|email)$", check=False

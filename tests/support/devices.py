@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convosyncd import keys
 from convosyncd.handoff import CONVOSYNC_DIR, DRAFT_NAME, MATERIALIZED_NAME
+from convosyncd.keys import SyncKey
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +50,12 @@ HANDOFF = """\
 """
 
 
+PERSON_KEY = SyncKey.from_bytes(bytes(range(32)))
+"""The sync key of the person whose devices a test makes (unless it says otherwise)."""
+OTHER_PERSON_KEY = SyncKey.from_bytes(bytes(range(100, 132)))
+"""Another person's sync key, for a remote shared by two people."""
+
+
 def handoff_text(
     task: str = "Implementing OAuth refresh tokens", fact: str = "Nothing else"
 ) -> str:
@@ -70,6 +78,47 @@ def git(cwd: Path, *args: str, check: bool = True, input: str | None = None) -> 
     if check and result.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed in {cwd}: {result.stderr}")
     return result.stdout.rstrip("\n")
+
+
+def git_bytes(cwd: Path, *args: str) -> bytes:
+    """Run git and return its standard output as bytes (a sealed file is binary)."""
+    result = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        check=False,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed in {cwd}: {result.stderr!r}")
+    return result.stdout
+
+
+SYNC_REF = "refs/heads/convosync"
+
+
+def branch_files(repo: Path, ref: str = SYNC_REF) -> list[str]:
+    """Every path on the sync branch of ``repo`` (a clone or the bare remote)."""
+    output = git(repo, "ls-tree", "-r", "--name-only", ref, check=False)
+    return [line for line in output.splitlines() if line]
+
+
+def handoff_paths(repo: Path, device: str | None = None, ref: str = SYNC_REF) -> list[str]:
+    """The sealed handoffs on the sync branch (of ``device`` only, if given)."""
+    prefix = f"handoffs/{device}/" if device else "handoffs/"
+    return [p for p in branch_files(repo, ref) if p.startswith(prefix) and p.endswith(".sealed")]
+
+
+def opened(repo: Path, path: str, key: SyncKey | None = None, ref: str = SYNC_REF) -> str:
+    """The content of the sealed handoff at ``path``, opened with ``key`` (the test
+    person's by default); AssertionError if it does not open."""
+    from convosyncd.seal import open_handoff
+
+    data = git_bytes(repo, "cat-file", "blob", f"{ref}:{path}")
+    result = open_handoff(keys.Keyring(key or PERSON_KEY), path, data)
+    assert result.verdict == "verified" and result.content is not None, result.verdict
+    return result.content.decode("utf-8")
 
 
 def make_remote(root: Path, name: str = "remote.git") -> Path:
@@ -132,6 +181,17 @@ class Device:
             lines += ["", "[[repos]]", f'path = "{repo}"']
         self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
+    @property
+    def key_file(self) -> Path:
+        return keys.key_file(self.config)
+
+    def give_key(self, key: SyncKey | None) -> None:
+        """Put ``key`` in this device's keyring (alone), or remove the keyring if None."""
+        if key is None:
+            self.key_file.unlink(missing_ok=True)
+        else:
+            keys.save(self.key_file, keys.Keyring(key))
+
     def repo_list(self) -> list[Path]:
         return [self.repo]
 
@@ -174,9 +234,19 @@ def _toml(value: Any) -> str:
 
 
 def make_device(
-    root: Path, remote: Path, name: str, *, register: bool = True, **settings: Any
+    root: Path,
+    remote: Path,
+    name: str,
+    *,
+    register: bool = True,
+    key: SyncKey | None = PERSON_KEY,
+    **settings: Any,
 ) -> Device:
-    """Clone ``remote`` for device ``name`` and (by default) register it in its config."""
+    """Clone ``remote`` for device ``name`` and (by default) register it in its config.
+
+    The device holds ``key`` (by default the test person's, so that all devices of a
+    test are one person's and read each other's handoffs; None: no key at all).
+    """
     folder = root / name
     folder.mkdir(parents=True)
     repo = folder / "app"
@@ -186,6 +256,7 @@ def make_device(
         name=name, root=folder, repo=repo, remote=remote, settings={**defaults, **settings}
     )
     device.write_config(repos=[repo] if register else [])
+    device.give_key(key)
     if register:
         (repo / CONVOSYNC_DIR).mkdir(exist_ok=True)
     return device
