@@ -25,17 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from convosyncd import state as states
-from convosyncd.handoff import (
-    CONVOSYNC_DIR,
-    HANDOFFS_DIR,
-    Provenance,
-    content_digest,
-    handoff_filename,
-    parse_time,
-    render_stored,
-    task_line,
-)
+from convosyncd.handoff import CONVOSYNC_DIR, Provenance, parse_time, render_stored
+from convosyncd.layout import HANDOFFS_DIR, handoff_location
+from convosyncd.seal import seal_handoff
 from tests.support.devices import (
+    PERSON_KEY,
     DaemonProcess,
     Device,
     handoff_text,
@@ -363,10 +357,11 @@ def problems_in_log(daemon: Daemon) -> list[str]:
 
 
 def stored_handoff(device: str, text: str, created: datetime) -> tuple[str, bytes]:
-    """The file name and content the daemon would store for ``text``."""
-    data = text.encode()
-    provenance = Provenance(device, created, "0" * 40, "main")
-    return handoff_filename(created, content_digest(data)), render_stored(provenance, text)
+    """The path on the branch and the sealed file the daemon would store for ``text``
+    (under the test person's key, which the benchmark's devices hold)."""
+    location = handoff_location(device, created, PERSON_KEY.digest(device, text.encode()))
+    content = render_stored(Provenance(device, created, "0" * 40, "main"), text)
+    return location.path, seal_handoff(PERSON_KEY, location.path, content)
 
 
 def _tree_line(mode: str, kind: str, oid: str, name: str) -> bytes:
@@ -376,10 +371,10 @@ def _tree_line(mode: str, kind: str, oid: str, name: str) -> bytes:
 class PlumbingPublisher:
     """Publishes handoffs with nothing but git plumbing: the floor under the daemon.
 
-    One handoff is exactly: ``hash-object -w`` (the file), ``mktree`` three times (the
-    device's folder, ``handoffs/``, the root), ``commit-tree``, ``update-ref NEW OLD`` and
-    ``push``. The listings of the three folders are kept in memory between handoffs,
-    so nothing is read back from git.
+    One handoff is exactly: ``hash-object -w`` (the sealed file), ``mktree`` four times
+    (the month's folder, the device's, ``handoffs/``, the root), ``commit-tree``,
+    ``update-ref NEW OLD`` and ``push``. The listings of the folders are kept in memory
+    between handoffs, so nothing is read back from git.
     """
 
     def __init__(self, repo: Path, device: str, *, remote: str = "origin") -> None:
@@ -387,6 +382,7 @@ class PlumbingPublisher:
         self.device = device
         self.remote = remote
         self.tip: str | None = None
+        self.months: dict[str, dict[str, bytes]] = {}
         self.folder: dict[str, bytes] = {}
         self.devices: dict[str, bytes] = {}
         self.top: dict[str, bytes] = {}
@@ -403,11 +399,19 @@ class PlumbingPublisher:
             (self.devices, f"{REF}:{HANDOFFS_DIR}"),
             (self.folder, f"{REF}:{HANDOFFS_DIR}/{self.device}"),
         ):
-            for record in self._git("ls-tree", "-z", spec).split("\0"):
-                if record:
-                    info, _, name = record.partition("\t")
-                    mode, kind, oid = info.split()
-                    lines[name] = _tree_line(mode, kind, oid, name)
+            self._list(lines, spec)
+        current = f"{datetime.now(timezone.utc):%Y-%m}"
+        if current in self.folder:
+            self._list(
+                self.months.setdefault(current, {}), f"{REF}:{HANDOFFS_DIR}/{self.device}/{current}"
+            )
+
+    def _list(self, lines: dict[str, bytes], spec: str) -> None:
+        for record in self._git("ls-tree", "-z", spec).split("\0"):
+            if record:
+                info, _, name = record.partition("\t")
+                mode, kind, oid = info.split()
+                lines[name] = _tree_line(mode, kind, oid, name)
 
     def _mktree(self, lines: dict[str, bytes]) -> str:
         return self._git("mktree", "-z", input=b"".join(lines.values()))
@@ -415,16 +419,19 @@ class PlumbingPublisher:
     def commit(self, text: str) -> str:
         """Commit one handoff holding ``text`` on the local sync branch."""
         created = datetime.now(timezone.utc)
-        name, data = stored_handoff(self.device, text, created)
+        path, data = stored_handoff(self.device, text, created)
+        month, name = path.split("/")[2:]
         blob = self._git("hash-object", "-w", "--stdin", input=data)
-        self.folder[name] = _tree_line("100644", "blob", blob, name)
+        files = self.months.setdefault(month, {})
+        files[name] = _tree_line("100644", "blob", blob, name)
+        self.folder[month] = _tree_line("040000", "tree", self._mktree(files), month)
         folder = self._mktree(self.folder)
         self.devices[self.device] = _tree_line("040000", "tree", folder, self.device)
         handoffs = self._mktree(self.devices)
         self.top[HANDOFFS_DIR] = _tree_line("040000", "tree", handoffs, HANDOFFS_DIR)
         root = self._mktree(self.top)
         parents = ["-p", self.tip] if self.tip else []
-        message = f"handoff({self.device}): {task_line(text)}"
+        message = f"handoff({self.device})"
         commit = self._git("commit-tree", root, *parents, "-m", message)
         self._git("update-ref", REF, commit, self.tip or "0" * 40)
         self.tip = commit
@@ -449,16 +456,18 @@ def seed_history(
     *,
     per_commit: int = 1,
     start: datetime | None = None,
+    spacing: timedelta = timedelta(minutes=72),
 ) -> None:
     """Put ``per_device[d]`` earlier handoffs of each device on ``remote``'s sync branch.
 
     Written by one ``git fast-import``, ``per_commit`` handoffs to a commit (one is what
     the daemon makes; more only makes seeding ten thousand faster: a publish never walks
-    the history, it reads the tip's trees). Devices take turns, a minute apart, ending
-    well before now, so everything published later is newer.
+    the history, it reads the tip's trees). Devices take turns, ``spacing`` apart (a
+    heavy user's pace by default: 20 handoffs a day), ending well before now, so
+    everything published later is newer.
     """
     total = sum(per_device.values())
-    moment = start or datetime.now(timezone.utc) - timedelta(minutes=total + 60)
+    moment = start or datetime.now(timezone.utc) - spacing * total - timedelta(hours=1)
     queues = {device: count for device, count in per_device.items() if count > 0}
     order: list[str] = []
     while queues:
@@ -474,15 +483,14 @@ def seed_history(
         files: list[bytes] = []
         devices = order[first : first + per_commit]
         for step, device in enumerate(devices, start=first):
-            moment += timedelta(minutes=1)
+            moment += spacing
             text = handoff_text(f"Earlier work number {step} on {device}", fact=f"seed {step}")
-            name, data = stored_handoff(device, text, moment)
+            path, data = stored_handoff(device, text, moment)
             mark += 1
             chunks.append(b"blob\nmark :%d\ndata %d\n%s\n" % (mark, len(data), data))
-            path = f"{HANDOFFS_DIR}/{device}/{name}".encode()
-            files.append(b"M 100644 :%d %s\n" % (mark, path))
+            files.append(b"M 100644 :%d %s\n" % (mark, path.encode()))
         mark += 1
-        subject = f"handoff({devices[-1]}): Earlier work number {first}".encode()
+        subject = f"handoff({devices[-1]})".encode()
         header = b"commit %s\nmark :%d\ncommitter %s <%s@convosyncd.invalid> %d +0000\n" % (
             REF.encode(),
             mark,

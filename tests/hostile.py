@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.stress import InputCase, draft_with_marker, markers_on
-from tests.support.devices import Device, git, handoff_text, make_device, make_remote, run_cli
+from tests.support.devices import (
+    Device,
+    git,
+    handoff_text,
+    make_device,
+    make_remote,
+    opened,
+    run_cli,
+)
 
 LIMIT = 64 * 1024
 
@@ -127,7 +135,7 @@ def _clear(path: Path) -> None:
 def _latest_desktop_file(bench: Bench) -> str:
     listing = git(bench.remote, "ls-tree", "-r", "--name-only", "refs/heads/convosync")
     names = sorted(line for line in listing.splitlines() if line.startswith("handoffs/desktop/"))
-    return git(bench.remote, "show", f"refs/heads/convosync:{names[-1]}")
+    return opened(bench.remote, names[-1])
 
 
 def _check_escapes(bench: Bench) -> str | None:
@@ -325,20 +333,19 @@ def remote_cases(bench: Bench) -> list[InputCase]:
         )
 
     def check_injected(text: str, notes: list[dict[str, object]]) -> str | None:
-        mallory = [note for note in notes if "mallory" in str(note.get("summary"))]
-        for note in mallory:
-            for value in (str(note.get("summary")), str(note.get("body"))):
-                if any(bad in value for bad in ("<", ">", "\x1b", "\x07")):
-                    return "✗ markup or escapes reached the notification"
-        if "../../../etc" in text.split("## Handoff from mallory")[1].split("\n")[0]:
-            return "✗ the front matter's device name was used"
-        if "\x1b" in text:
-            return "✗ an escape reached session-handoff.md's metadata"
-        shown = "; notification plain" if mallory else ""
-        return f"shown as device 'mallory' with plain metadata{shown}"
+        mallory = [note for note in notes if "mallory" in str(note)]
+        if mallory:
+            return "✗ a handoff that does not open under the person's key was notified"
+        if "mallory" in text or "nothing to see" in text:
+            return "✗ a handoff that does not open under the person's key was shown"
+        return "not shown, not notified: plain text does not open under the person's key"
 
     cases.append(
-        ("front matter that claims another device and injects markup", injected, check_injected)
+        (
+            "a plain-text handoff that claims another device and injects markup",
+            injected,
+            check_injected,
+        )
     )
 
     def malformed() -> None:

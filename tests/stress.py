@@ -15,7 +15,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ from tests.support.devices import (
     handoff_text,
     make_device,
     make_remote,
+    opened_all,
     wait_until,
 )
 from tests.support.network import closed_port, silent_listener
@@ -70,21 +70,13 @@ def draft_with_marker(marker: str) -> str:
 
 
 def markers_on(repo: Path, ref: str = "refs/heads/convosync") -> Counter[str]:
-    """How often each marker occurs in the handoffs at ``ref`` of ``repo``."""
-    listing = git(repo, "ls-tree", "-r", ref, check=False)
-    oids = [line.split()[2] for line in listing.splitlines() if line.split()[1] == "blob"]
-    if not oids:
-        return Counter()
-    batch = subprocess.run(
-        ["git", "cat-file", "--batch"],
-        cwd=repo,
-        input="\n".join(oids) + "\n",
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    return Counter(match["marker"] for match in MARKER_RE.finditer(batch))
+    """How often each marker occurs in the handoffs at ``ref`` of ``repo`` (opened with
+    the test person's key: a marker that does not open does not count)."""
+    return Counter(
+        match["marker"]
+        for text in opened_all(repo, ref=ref).values()
+        for match in MARKER_RE.finditer(text)
+    )
 
 
 def tally(
@@ -223,10 +215,8 @@ def concurrent_campaign(root: Path, rounds: int, devices: int = 3) -> Outcome:
 
 
 def _conflict_markers(repo: Path) -> int:
-    listing = git(repo, "ls-tree", "-r", "--name-only", "refs/heads/convosync", check=False)
     count = 0
-    for path in listing.splitlines():
-        text = git(repo, "show", f"refs/heads/convosync:{path}", check=False)
+    for text in opened_all(repo).values():
         count += text.count("<<<<<<<") + text.count(">>>>>>>")
     return count
 

@@ -22,6 +22,7 @@ from tests.support.devices import (
     handoff_text,
     make_device,
     make_remote,
+    opened,
 )
 
 REF = "refs/heads/convosync"
@@ -129,6 +130,6 @@ def test_head_of_a_repo_without_commits(tmp_path: Path) -> None:
     )
     assert result.ok and result.published
     [path] = git(remote, "ls-tree", "-r", "--name-only", REF).splitlines()
-    stored = git(remote, "show", f"{REF}:{path}")
+    stored = opened(remote, path)
     assert "repo_commit: none (no commits yet)\n" in stored
     assert "repo_branch: main\n" in stored

@@ -12,18 +12,17 @@ from convosyncd.handoff import (
     Handoff,
     HandoffFormatError,
     Provenance,
-    content_digest,
+    clean_text,
     describe_age,
-    handoff_filename,
-    newest_per_device,
     notification_for,
-    parse_filename,
     parse_stored,
     plain_text,
     render_plugin,
     render_stored,
+    summary_notification,
     task_line,
 )
+from convosyncd.layout import sealed_name
 from tests.support.devices import handoff_text
 from tests.support.plugin_format import plugin_parse
 
@@ -74,20 +73,42 @@ def test_plain_text_is_always_one_safe_bounded_line(text: str, limit: int) -> No
     assert not cleaned.startswith("-")
 
 
-def test_filename_round_trip_and_order() -> None:
-    name = handoff_filename(WHEN, "3f2a9c1d0e4b")
-    assert name == "20261123T224535.123Z-3f2a9c1d0e4b.md"
-    assert parse_filename(name) == (WHEN, "3f2a9c1d0e4b")
-    later = handoff_filename(WHEN + timedelta(milliseconds=1), "000000000000")
-    assert later > name
-    assert parse_filename("../../etc/passwd") is None
-    assert parse_filename("20261399T224535.123Z-3f2a9c1d0e4b.md") is None
+HOSTILE_INVISIBLE = (
+    "\x1b[31m",  # colour
+    "\x1b]52;c;cm0gLXJmIH4=\x07",  # OSC 52: write to the clipboard
+    "\x1b]0;title\x1b\\",  # OSC 0: window title
+    "\u202e",  # right-to-left override
+    "\u2066",  # left-to-right isolate
+    "\u200b",  # zero-width space
+    "\u200d",  # zero-width joiner
+    "\ufeff",  # byte order mark
+    "\U000e0041\U000e0042",  # tag characters (invisible ASCII)
+    "\x00\x07\x08\x7f\x85",  # controls, C0 and C1
+    "\ue000",  # private use
+)
 
 
-def test_content_digest_is_stable() -> None:
-    assert content_digest(b"hello") == content_digest(b"hello")
-    assert content_digest(b"hello") != content_digest(b"hello!")
-    assert len(content_digest(b"")) == 12
+@pytest.mark.parametrize("hostile", HOSTILE_INVISIBLE)
+def test_clean_text_removes_what_could_show_one_thing_and_mean_another(hostile: str) -> None:
+    cleaned = clean_text(f"before{hostile}after\n\tnext line\r\nlast")
+    assert cleaned == "beforeafter\n\tnext line\nlast"
+
+
+@given(st.text(max_size=300))
+def test_clean_text_leaves_nothing_invisible(text: str) -> None:
+    import unicodedata
+
+    cleaned = clean_text(text)
+    assert "\x1b" not in cleaned and "\r" not in cleaned
+    assert all(
+        char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+        for char in cleaned
+    )
+
+
+def test_clean_text_keeps_what_people_write() -> None:
+    text = "### Current Task\n- ✅ café, naïve, 日本語, emoji 🍕, «quotes», tabs\tkept\n"
+    assert clean_text(text) == text
 
 
 def test_stored_file_round_trip() -> None:
@@ -95,7 +116,7 @@ def test_stored_file_round_trip() -> None:
     data = render_stored(Provenance("desktop", WHEN, "3f2a9c1", "feature/oauth"), text)
     assert data.startswith(b"---\ndevice: desktop\ncreated: 2026-11-23T22:45:35Z\n")
     assert b"task: Ship it\n---\n### Current Task\n" in data
-    handoff = parse_stored(data, device="desktop", name=handoff_filename(WHEN, "a" * 12))
+    handoff = parse_stored(data, device="desktop", name=sealed_name(WHEN, "a" * 16))
     assert handoff.task == "Ship it"
     assert handoff.repo_branch == "feature/oauth"
     assert handoff.repo_commit == "3f2a9c1"
@@ -110,13 +131,12 @@ def test_stored_metadata_cannot_break_out_of_its_line() -> None:
 
 
 def test_parse_stored_trusts_the_path_not_the_front_matter() -> None:
-    data = (
-        b"---\ndevice: ../../evil\ncreated: 2026-11-23T22:45:35Z\n"
-        b"task: <b>x</b>\x1b[2J\n---\nbody\n"
-    )
+    data = b"---\ncreated: 2026-11-23T22:45:35Z\ntask: <b>x</b>\x1b[2J\n---\nbody\n"
     handoff = parse_stored(data, device="laptop", name="20261123T224535.000Z-aaaaaaaaaaaa.md")
     assert handoff.device == "laptop"
     assert handoff.task == "x"
+    with pytest.raises(HandoffFormatError, match="names the device"):
+        parse_stored(b"---\ndevice: ../../evil\n---\nbody\n", device="laptop", name="x")
 
 
 def test_parse_stored_rejects_bad_devices_and_unclosed_front_matter() -> None:
@@ -188,17 +208,37 @@ def test_notification_names_device_repo_and_task_in_plain_text() -> None:
     )
 
 
-def test_newest_per_device_skips_own_and_invalid() -> None:
-    chosen = newest_per_device(
-        {
-            "desktop": [
-                "20261123T224535.000Z-aaaaaaaaaaaa.md",
-                "20261124T000000.000Z-bbbbbbbbbbbb.md",
-            ],
-            "laptop": ["20261123T224535.000Z-cccccccccccc.md"],
-            "phone": ["notes.txt"],
-            "..": ["20261123T224535.000Z-dddddddddddd.md"],
-        },
-        own_device="laptop",
-    )
-    assert chosen == {"desktop": "20261124T000000.000Z-bbbbbbbbbbbb.md"}
+def test_a_burst_is_one_summary_notification() -> None:
+    note = summary_notification(7, ["laptop", "phone", "tablet", "server", "pi"], "app")
+    assert note.title == "7 handoffs from 5 devices"
+    assert note.message == "app: laptop, phone, pi, server, …"
+
+
+def test_stored_content_cannot_claim_another_device() -> None:
+    data = render_stored(Provenance("laptop", WHEN, "c", "main"), "### Current Task\nT\n")
+    with pytest.raises(HandoffFormatError, match="names the device 'laptop'"):
+        parse_stored(data, device="desktop", name=sealed_name(WHEN, "a" * 16))
+
+
+def test_stored_content_is_cleaned_where_it_is_read() -> None:
+    text = "### Current Task\nFix \x1b]52;c;eA==\x07it\u202e\n\nBody \u200bhere\U000e0041\n"
+    data = render_stored(Provenance("desktop", WHEN, "c", "ma\u202ein"), text)
+    handoff = parse_stored(data, device="desktop", name=sealed_name(WHEN, "a" * 16))
+    assert handoff.task == "Fix it"
+    assert handoff.repo_branch == "main"
+    assert "\x1b" not in handoff.body and "\u200b" not in handoff.body
+    assert handoff.body.endswith("Body here")
+
+
+def test_stored_content_that_is_not_utf8_is_refused() -> None:
+    with pytest.raises(HandoffFormatError, match="not UTF-8"):
+        parse_stored(b"---\ndevice: desktop\n---\n\xff\xfe", device="desktop", name="x")
+
+
+def test_the_plugin_file_is_capped_per_handoff_and_in_all() -> None:
+    big = "### Current Task\nBig\n" + "word " * 40_000
+    handoffs = [_handoff(f"device{i}", i, big) for i in range(10)]
+    rendered = render_plugin(handoffs, per_handoff=1000, total=3500)
+    assert len(rendered.encode()) < 3500 + 10 * 400
+    assert rendered.count("(cut here; `convosyncd show device") == 10
+    assert len(plugin_parse(rendered)) == 10

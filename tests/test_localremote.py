@@ -173,7 +173,10 @@ def test_an_idle_poll_of_a_local_remote_starts_no_git(tmp_path: Path, desktop: D
     arrived = push_commit(laptop, "from elsewhere")
     commands = git_commands(sync.cycle)
     assert "fetch" in commands and "ls-remote" not in commands
-    assert sync.branch.remote_known_tip() == arrived
+    # That push dropped the desktop's handoff (an empty tree, no forget record): the
+    # merge puts it back and pushes again, on top of what arrived.
+    known = sync.branch.remote_known_tip()
+    assert known is not None and sync.branch.is_ancestor(arrived, known)
 
 
 def test_a_remote_moved_by_set_url_or_instead_of_is_followed(

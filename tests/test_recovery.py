@@ -42,7 +42,8 @@ def test_a_force_pushed_remote_gets_every_handoff_back(tmp_path: Path, remote: P
         wait_until(lambda: set(markers_on(remote)) == {"one", "two"}, 15, "the handoffs back")
     finally:
         assert daemon.stop() == 0
-    assert "handoffs/note.txt" in git(remote, "ls-tree", "-r", "--name-only", "convosync")
+    # Only handoff files are read or kept: the stranger's note is not carried on.
+    assert "handoffs/note.txt" not in git(remote, "ls-tree", "-r", "--name-only", "convosync")
 
 
 def test_a_remote_that_is_not_a_git_repository_is_a_clear_error(

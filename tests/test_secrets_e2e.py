@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
-from tests.support.devices import git, handoff_text, make_device
+from tests.support.devices import git, handoff_text, make_device, opened
 from tests.support.fake_secrets import SAMPLES, _pem
 
 
@@ -52,7 +52,9 @@ def test_redact_replaces_every_kind_and_nothing_secret_is_stored(
         for kind, secret in secrets.items():
             assert secret.encode() not in stored, f"{kind} is in a git object of {repo}"
     [path] = git(remote, "ls-tree", "-r", "--name-only", "convosync").splitlines()
-    published = git(remote, "show", f"convosync:{path}")
+    published = opened(remote, path)
+    for kind, secret in secrets.items():
+        assert secret not in published, f"{kind} is in the sealed handoff"
     for kind in (*SAMPLES, "password-in-url", "private-key"):
         assert f"[REDACTED:{kind}]" in published, kind
     assert "postgres://admin:[REDACTED:password-in-url]@db.internal:5432/app" in published

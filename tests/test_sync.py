@@ -71,7 +71,7 @@ def test_first_publish_creates_the_branch_on_both_sides(desktop: Device, remote:
     # Nothing of the person's on the remote: no task line, no name, no address.
     message = git(remote, "log", "-1", "--format=%B%n%an <%ae>%n%cn <%ce>", "refs/heads/convosync")
     assert message == (
-        "handoff(desktop)\n\ndesktop <desktop@convosyncd.invalid>\n"
+        "handoff(desktop)\ndesktop <desktop@convosyncd.invalid>\n"
         "desktop <desktop@convosyncd.invalid>"
     )
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from convosyncd import keys
 from convosyncd.gitcmd import git_environment, run_git
 from convosyncd.handoff import CONVOSYNC_DIR, DRAFT_NAME, MATERIALIZED_NAME
 
@@ -137,7 +138,13 @@ def run(args: argparse.Namespace) -> int:
         _git(["push", "--quiet", str(remote), "HEAD:refs/heads/main"], seed)
         desktop, desktop_config = _device(root, remote, "desktop", notify=False)
         laptop, laptop_config = _device(root, remote, "laptop", notify=True)
-        print("  1. a bare remote and two devices, 'desktop' and 'laptop', each a clone")
+        # One person's two devices: one sync key, made on the desktop, paired to the laptop.
+        keyring, _created = keys.ensure(keys.key_file(desktop_config))
+        keys.save(keys.key_file(laptop_config), keyring)
+        print(
+            "  1. a bare remote and two devices, 'desktop' and 'laptop', each a clone, "
+            "paired with one sync key"
+        )
         logs = {
             "desktop": root / "desktop" / "daemon.log",
             "laptop": root / "laptop" / "daemon.log",

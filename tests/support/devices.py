@@ -121,6 +121,42 @@ def opened(repo: Path, path: str, key: SyncKey | None = None, ref: str = SYNC_RE
     return result.content.decode("utf-8")
 
 
+def opened_all(repo: Path, key: SyncKey | None = None, ref: str = SYNC_REF) -> dict[str, str]:
+    """``{path: content}`` of every sealed handoff at ``ref`` that opens with ``key`` (the
+    test person's by default), read with one git call."""
+    from convosyncd.seal import open_handoff
+
+    listing = git(repo, "ls-tree", "-r", "-z", ref, check=False)
+    entries = []
+    for record in listing.split("\0"):
+        if record:
+            info, _, path = record.partition("\t")
+            if path.endswith(".sealed") and info.split()[1] == "blob":
+                entries.append((path, info.split()[2]))
+    if not entries:
+        return {}
+    data = subprocess.run(
+        ["git", "cat-file", "--batch"],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+        timeout=120,
+        input=("\n".join(oid for _p, oid in entries) + "\n").encode(),
+    ).stdout
+    keyring = keys.Keyring(key or PERSON_KEY)
+    found: dict[str, str] = {}
+    position = 0
+    for path, _oid in entries:
+        end = data.index(b"\n", position)
+        size = int(data[position:end].split()[2])
+        blob = data[end + 1 : end + 1 + size]
+        position = end + 1 + size + 1
+        result = open_handoff(keyring, path, blob)
+        if result.verdict == "verified" and result.content is not None:
+            found[path] = result.content.decode("utf-8")
+    return found
+
+
 def make_remote(root: Path, name: str = "remote.git") -> Path:
     """A bare repository with one commit on ``main``."""
     remote = root / name
