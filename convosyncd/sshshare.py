@@ -69,9 +69,12 @@ _SSH_URL = re.compile(r"^(?:ssh|git\+ssh|ssh\+git)://(?P<authority>[^/]+)", re.I
 # The lines OpenSSH prints when the sharing itself, not the connection, failed: the
 # master's socket could not be made (too long a path, a folder that is gone) or the
 # control path is longer than a socket address. ssh exits 255 after them, before the
-# remote command ever starts, so running the command again unshared is safe.
+# remote command ever starts, so running the command again unshared is safe. Some
+# versions put the function's name first; what the server prints arrives as "remote: "
+# lines and must not switch anything off.
 _SHARING_FAILURE = re.compile(
-    r"^.*?(?P<line>unix_listener: .*|ControlPath too long .*|link mux listener .*)$",
+    r"^(?!remote:)(?:[a-z_]+: )?"
+    r"(?P<line>unix_listener: .*|ControlPath too long .*|link mux listener .*)$",
     re.MULTILINE,
 )
 

@@ -383,6 +383,10 @@ def test_ssh_lines_that_mean_the_sharing_failed(stderr: str, line: str) -> None:
         "fatal: Could not read from remote repository.\n",
         "Host key verification failed.\r\n",
         "fatal: 'unix_listener' does not appear to be a git repository\n",
+        # What the server says is not ssh's own word.
+        'remote: unix_listener: path "/x" too long for Unix domain socket\n',
+        "remote: ControlPath too long ('/x' >= 108 bytes)\n",
+        "Warning: unix_listener: path /x too long for Unix domain socket\n",
     ],
 )
 def test_ssh_lines_that_do_not_mean_the_sharing_failed(stderr: str) -> None:
