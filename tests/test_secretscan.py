@@ -144,15 +144,15 @@ def test_password_with_reserved_characters_is_fully_redacted() -> None:
 
 
 def test_password_repeated_on_the_line_is_redacted_everywhere_but_not_inside_words() -> None:
-    password = "hunter" + "42pass"
+    typed = "hunter" + "42pass"
     text = (
-        f"- url https://bob:{password}@example.org/ and the person typed {password} again;"
+        f"- url https://bob:{typed}@example.org/ and the person typed {typed} again;"
         " the password-reset page is unrelated\n"
     )
     findings = scan(text)
     assert [f.kind for f in findings] == ["password-in-url", "password-in-url"]
     redacted = redact(text, findings)
-    assert password not in redacted
+    assert typed not in redacted
     assert redacted.count("[REDACTED:password-in-url]") == 2
     assert "the password-reset page is unrelated" in redacted
 
@@ -449,7 +449,8 @@ def test_realistic_handoff_without_secrets_has_no_findings() -> None:
 def test_secret_added_to_the_realistic_handoff_is_the_only_change() -> None:
     token = SAMPLES["anthropic-key"][0]()
     text = NEGATIVE_HANDOFF.replace(
-        "- Tokens are passed as", f"- The person pasted ANTHROPIC_API_KEY={token}\n- Tokens are"
+        "- Tokens are passed as",
+        "- The person pasted ANTHROPIC_API_KEY=" + token + "\n- Tokens are",
     )
     findings = scan(text)
     assert [f.kind for f in findings] == ["anthropic-key"]
