@@ -467,7 +467,7 @@ class RepoSync:
     def _screen_secrets(self, draft: drafts.Draft) -> str:
         from convosyncd import secretscan
 
-        findings = secretscan.scan(draft.text)
+        findings = secretscan.scan(draft.text, derived=task_line)
         if not findings:
             return draft.text
         where = secretscan.describe(findings)
