@@ -32,7 +32,12 @@ Detectors we add or replace
     * added: Anthropic keys, Google API keys, unquoted ``aws_secret_access_key = ...``
       assignments, Slack app/refresh tokens, every PEM ``BEGIN ... PRIVATE KEY`` header
       (the built-in list misses e.g. ``ENCRYPTED PRIVATE KEY``), Stripe test keys and
-      keys longer than 24 characters, and URL passwords containing reserved characters.
+      keys longer than 24 characters, URL passwords containing reserved characters or
+      with an empty user name, Hugging Face and npm tokens (and ``.npmrc`` auth tokens),
+      Azure ``SharedAccessKey=`` and shared access signatures (``sig=``), ``Password=``
+      and ``Pwd=`` in connection strings, ``PGPASSWORD``, ``mysql -p<password>`` /
+      ``--password=`` / ``MYSQL_PWD``, and literal values assigned to ``JWT_SECRET``,
+      ``SECRET_KEY``, ``*_PASSWORD``, ``*_TOKEN``, ``*_API_KEY`` and the like.
     * replaced: GitHub and GitLab (1.5.0 wraps the prefix in a capturing group, so
       ``findall`` reports just ``"ghp"``), JWT (unbounded quantifiers are quadratic on one
       long line, and the lazy tail drops the signature), OpenAI (quadratic; also misses
@@ -56,6 +61,22 @@ Positions
     this also covers every place a detector's regex actually matched.
     A redaction marker counts as part of a token on both sides, so that redacting one
     secret never makes a glued neighbour look like a new one.
+
+Passwords
+    Values people choose (URL and connection-string passwords, ``PGPASSWORD``, mysql's,
+    the assignments) are redacted only where they are not glued to letters or digits,
+    and never when they are placeholders or references (``<password>``, ``${VAR}``,
+    ``$(command)``, ``%VAR%``, ``{{ secrets.X }}``, ``****``, ``true``, ``none``).  An
+    assignment counts only with a literal value: ``NAME=value`` or ``NAME: value`` for
+    upper-case names, a quoted value for any name; ``SECRET_KEY = os.environ[...]`` is
+    code, not a secret.  Its value has six characters at least.
+
+Derived text
+    :func:`scan` can also be given a function that derives more published text from the
+    draft (the task line goes into front matter, commit messages and notifications).
+    That text is cleaned of escapes and invisible characters and cut to a length, so it
+    can show a token the draft itself splits; such a secret is reported as the whole line
+    that yields it.
 
 Private keys
     A PEM header that starts a block (nothing but key material after it on its line) is
@@ -209,8 +230,8 @@ _NPM_PATTERNS: Final = [
     # other npm_* variables npm sets have underscores in them.
     re.compile(_unglued("npm_") + r"[A-Za-z0-9]{36}(?![A-Za-z0-9_\-\[])"),
     # .npmrc: //registry.npmjs.org/:_authToken=<token> (legacy tokens are UUIDs); a
-    # ${NPM_TOKEN} reference is not a secret.
-    re.compile(r":_authToken[ \t]*=[ \t]*[\"']?([^\s\"'`$][^\s\"'`]{7,255})"),
+    # ${NPM_TOKEN} reference is not a secret, nor is a redaction marker.
+    re.compile(r":_authToken[ \t]*=[ \t]*[\"']?([^\s\"'`$\[][^\s\"'`]{7,255})"),
 ]
 _AZURE_SHARED_ACCESS_KEY_PATTERNS: Final = [
     # Service Bus, Event Hubs and IoT Hub connection strings; "SharedAccessKeyName=" names
@@ -232,9 +253,7 @@ _CONNECTION_PASSWORD_PATTERNS: Final = [
     # Server=...;Database=...;User Id=...;Password=...; (ADO.NET, ODBC, JDBC, Npgsql): a
     # Password or Pwd key that follows another key, or is followed by one.
     re.compile(r";[ \t]*(?i:password|pwd)[ \t]*=[ \t]*" + _CONNECTION_VALUE),
-    re.compile(
-        r"(?<![A-Za-z0-9_\-])(?i:password|pwd)[ \t]*=[ \t]*" + _CONNECTION_VALUE + r"[ \t]*;"
-    ),
+    re.compile(rf"(?<![{_GLUE}])(?i:password|pwd)[ \t]*=[ \t]*" + _CONNECTION_VALUE + r"[ \t]*;"),
 ]
 
 
@@ -243,20 +262,22 @@ def _assignments(name: str, minimum: int, *, spaces: bool) -> list[re.Pattern[st
 
     ``NAME=value`` (.env files, ``export``, ``NAME=value command``), ``NAME="value"`` and
     ``NAME='value'`` (any spacing around ``=`` or ``:``, the name quoted or not, as in
-    JSON, YAML, PowerShell), and ``NAME: value`` alone on its line (YAML) unless the value
+    JSON, YAML, PowerShell), and ``NAME: value`` as a whole line (YAML) unless the value
     is a plain lower-case word (``required``, ``example``).  Python's ``NAME =
     os.environ[...]`` and ``NAME: str`` are not assignments of a literal.  `spaces` lets a
     quoted value hold spaces.
     """
-    start = rf"(?<![A-Za-z0-9_\-]){name}"
+    start = rf"(?<![{_GLUE}]){name}"
     inner = r"[^\"\r\n]" if spaces else r"[^\"\s]"
     inner_single = r"[^'\r\n]" if spaces else r"[^'\s]"
     quoted = rf"(?:\"({inner}{{{minimum},256}})\"|'({inner_single}{{{minimum},256}})')"
     return [
         re.compile(start + rf"=([^\s\"'`]{{{minimum},256}})"),
         re.compile(start + rf"[\"']?[ \t]{{0,8}}[:=][ \t]{{0,8}}{quoted}"),
+        # A YAML key is a whole line (indented, maybe a list item): anchoring both ends
+        # also keeps the windows of a very long line from looking like one.
         re.compile(
-            start + r":[ \t]+(?![a-z]+[ \t]*(?:#|$))"
+            r"^[ \t]*(?:-[ \t]+)?" + start + r":[ \t]+(?![a-z]+[ \t]*(?:#|$))"
             rf"([^\s\"'`#\[\](){{}}<>,;][^\s\"'`\[\](){{}}<>,;]{{{minimum - 1},255}})"
             r"(?:[ \t]+#.*)?[ \t]*$",
             re.MULTILINE,
@@ -269,14 +290,17 @@ _MYSQL_CLIENTS: Final = (
     r"(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mysqlcheck|mysqlpump|mysqlslap"
     r"|mysqlsh|mariadb|mariadb-dump|mariadb-admin|mariadb-import|mariadb-check)"
 )
+_MYSQL_COMMAND: Final = re.compile(rf"(?<![{_GLUE}]){_MYSQL_CLIENTS}(?:\.exe)?(?![A-Za-z0-9_\-\[])")
+# What ends a shell command line.
+_COMMAND_SEPARATOR: Final = re.compile(r"[\n|;&]")
 _MYSQL_PASSWORD_PATTERNS: Final = [
-    # mysql -uroot -p<password> and --password=<password> on one command line (not across
-    # a pipe or a ";"); "-p" alone, then a space, makes mysql prompt.  The password of
-    # -p<password> is reported with its "-p" (see MysqlPassword below).
+    # -p<password> and --password=<password>, which count when a mysql command starts
+    # the same command line (MysqlPassword below checks); "-p" alone, then a space, makes
+    # mysql prompt.  The password of -p<password> is reported with its "-p".  Unquoted,
+    # it ends where the shell would end it.
     re.compile(
-        rf"(?<![A-Za-z0-9_\-]){_MYSQL_CLIENTS}(?:\.exe)?(?![A-Za-z0-9_\-])[^\n|;&]{{0,256}}?"
         r"[ \t](?P<flag>--password=|-p)(?:\"(?P<dq>[^\"\r\n]{1,128})\"|'(?P<sq>[^'\r\n]{1,128})'"
-        r"|(?P<bare>[^\s\"'`]{1,128}))"
+        r"|(?P<bare>[^\s\"'`|;&<>()]{1,128}))"
     ),
     *_assignments("MYSQL_PWD", 1, spaces=True),
 ]
@@ -290,7 +314,7 @@ _SECRET_ASSIGNMENT_PATTERNS: Final = [
     # In code and config files names come in any case (jwtSecret, "client_secret",
     # db-password): only a quoted literal counts there, never an expression.
     re.compile(
-        r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{0,64}?"
+        rf"(?<![{_GLUE}])[A-Za-z0-9_\-]{{0,64}}?"
         r"(?i:secret(?:[_\-]?key)?|password|passwd|passphrase|token|api[_\-]?key)"
         r"[\"']?[ \t]{0,8}[:=][ \t]{0,8}(?:\"([^\"\s]{6,256})\"|'([^'\s]{6,256})')"
     ),
@@ -541,8 +565,16 @@ def _own_plugins() -> tuple[RegexBasedDetector, ...]:
         denylist = _MYSQL_PASSWORD_PATTERNS
 
         def analyze_string(self, string: str) -> Generator[str, None, None]:
-            command, *assignments = self.denylist
-            for match in command.finditer(string):
+            option, *assignments = self.denylist
+            commands = [m.start() for m in _MYSQL_COMMAND.finditer(string)]
+            separators = [m.start() for m in _COMMAND_SEPARATOR.finditer(string)]
+            for match in option.finditer(string) if commands else ():
+                # The option counts if a mysql command comes before it with no pipe,
+                # ";", "&" or new line between them.
+                command = bisect.bisect_left(commands, match.start()) - 1
+                separator = bisect.bisect_left(separators, match.start()) - 1
+                if command < 0 or (separator >= 0 and separators[separator] > commands[command]):
+                    continue
                 value = match["dq"] or match["sq"] or match["bare"]
                 if _is_placeholder_password(value):
                     continue

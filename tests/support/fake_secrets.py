@@ -188,7 +188,7 @@ IN_CONTEXT: dict[str, list[Callable[[], tuple[str, str]]]] = {
     ],
     "secret-assignment": [
         _in_context("JWT_" + "SECRET=%s", _password),
-        _in_context('export SECRET_' + 'KEY="%s"', _password),
+        _in_context("export SECRET_" + 'KEY="%s"', _password),
         _in_context("    DB_PASS" + "WORD: %s", _password),
         _in_context('{"client_' + 'secret": "%s"}', _password),
     ],
