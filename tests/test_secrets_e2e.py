@@ -177,8 +177,8 @@ def test_a_secret_in_the_task_line_is_never_in_clear(
     for repo in (remote, desktop.repo, laptop.repo):
         places[f"git objects of {repo}"] = all_objects(repo)
     for device in (desktop, laptop):
-        for path, data in files_under(device.root, skip=desktop.draft).items():
-            places[str(path)] = data
+        for file, data in files_under(device.root, skip=desktop.draft).items():
+            places[str(file)] = data
     for where, data in places.items():
         for secret in secrets:
             assert secret.encode() not in data, f"a secret is in {where}"
