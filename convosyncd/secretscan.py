@@ -253,35 +253,43 @@ _CONNECTION_PASSWORD_PATTERNS: Final = [
     # Server=...;Database=...;User Id=...;Password=...; (ADO.NET, ODBC, JDBC, Npgsql): a
     # Password or Pwd key that follows another key, or is followed by one.
     re.compile(r";[ \t]*(?i:password|pwd)[ \t]*=[ \t]*" + _CONNECTION_VALUE),
-    re.compile(rf"(?<![{_GLUE}])(?i:password|pwd)[ \t]*=[ \t]*" + _CONNECTION_VALUE + r"[ \t]*;"),
+    # (its first letter first, so that the regex engine can skip ahead to it)
+    re.compile(
+        rf"[Pp](?<![{_GLUE}][Pp])(?i:assword|wd)[ \t]*=[ \t]*" + _CONNECTION_VALUE + r"[ \t]*;"
+    ),
 ]
 
 
-def _assignments(name: str, minimum: int, *, spaces: bool) -> list[re.Pattern[str]]:
-    """Patterns for `name` (a regex of upper-case variable names) given a literal value.
+# The forms of an assignment of a literal value (see _assignments), as regex pieces:
+# unquoted after "=" (.env files, export, NAME=value command); quoted after "=" or ":"
+# (shell, JSON, YAML, PowerShell), the name quoted or not; a YAML key with the value
+# alone on its line, unless the value is a plain lower-case word ("required",
+# "example").  Python's NAME = os.environ[...] and NAME: str assign no literal.
+_BARE_VALUE: Final = r"=([^\s\"'`]{%d,256})"
+_QUOTED_VALUE: Final = r"[:=][ \t]{0,8}(?:\"(%s{%d,256})\"|'(%s{%d,256})')"
+_YAML_VALUE: Final = (
+    r":[ \t]+(?![a-z]+[ \t]*(?:#|$))"
+    r"([^\s\"'`#\[\](){}<>,;][^\s\"'`\[\](){}<>,;]{%d,255})(?:[ \t]+#.*)?[ \t]*$"
+)
 
-    ``NAME=value`` (.env files, ``export``, ``NAME=value command``), ``NAME="value"`` and
-    ``NAME='value'`` (any spacing around ``=`` or ``:``, the name quoted or not, as in
-    JSON, YAML, PowerShell), and ``NAME: value`` as a whole line (YAML) unless the value
-    is a plain lower-case word (``required``, ``example``).  Python's ``NAME =
-    os.environ[...]`` and ``NAME: str`` are not assignments of a literal.  `spaces` lets a
-    quoted value hold spaces.
+
+def _quoted(minimum: int, *, spaces: bool) -> str:
+    inner, inner_single = (r"[^\"\r\n]", r"[^'\r\n]") if spaces else (r"[^\"\s]", r"[^'\s]")
+    return _QUOTED_VALUE % (inner, minimum, inner_single, minimum)
+
+
+def _assignments(name: str, minimum: int, *, spaces: bool) -> list[re.Pattern[str]]:
+    """Patterns for the variable `name` assigned a literal value of `minimum` characters.
+
+    `spaces` lets a quoted value hold spaces.  A YAML key is a whole line (indented, maybe
+    a list item): anchoring both ends also keeps the windows of a very long line from
+    looking like one.
     """
-    start = rf"(?<![{_GLUE}]){name}"
-    inner = r"[^\"\r\n]" if spaces else r"[^\"\s]"
-    inner_single = r"[^'\r\n]" if spaces else r"[^'\s]"
-    quoted = rf"(?:\"({inner}{{{minimum},256}})\"|'({inner_single}{{{minimum},256}})')"
+    start = _unglued(name)
     return [
-        re.compile(start + rf"=([^\s\"'`]{{{minimum},256}})"),
-        re.compile(start + rf"[\"']?[ \t]{{0,8}}[:=][ \t]{{0,8}}{quoted}"),
-        # A YAML key is a whole line (indented, maybe a list item): anchoring both ends
-        # also keeps the windows of a very long line from looking like one.
-        re.compile(
-            r"^[ \t]*(?:-[ \t]+)?" + start + r":[ \t]+(?![a-z]+[ \t]*(?:#|$))"
-            rf"([^\s\"'`#\[\](){{}}<>,;][^\s\"'`\[\](){{}}<>,;]{{{minimum - 1},255}})"
-            r"(?:[ \t]+#.*)?[ \t]*$",
-            re.MULTILINE,
-        ),
+        re.compile(start + _BARE_VALUE % minimum),
+        re.compile(start + r"[\"']?[ \t]{0,8}" + _quoted(minimum, spaces=spaces)),
+        re.compile(r"^[ \t]*(?:-[ \t]+)?" + start + _YAML_VALUE % (minimum - 1), re.MULTILINE),
     ]
 
 
@@ -291,8 +299,9 @@ _MYSQL_CLIENTS: Final = (
     r"|mysqlsh|mariadb|mariadb-dump|mariadb-admin|mariadb-import|mariadb-check)"
 )
 _MYSQL_COMMAND: Final = re.compile(rf"(?<![{_GLUE}]){_MYSQL_CLIENTS}(?:\.exe)?(?![A-Za-z0-9_\-\[])")
-# What ends a shell command line.
-_COMMAND_SEPARATOR: Final = re.compile(r"[\n|;&]")
+# What ends a shell command line; a redaction marker too, since redacting a private key
+# joins the lines around it.
+_COMMAND_SEPARATOR: Final = re.compile(r"[\n|;&]|\[REDACTED:")
 _MYSQL_PASSWORD_PATTERNS: Final = [
     # -p<password> and --password=<password>, which count when a mysql command starts
     # the same command line (MysqlPassword below checks); "-p" alone, then a space, makes
@@ -304,21 +313,28 @@ _MYSQL_PASSWORD_PATTERNS: Final = [
     ),
     *_assignments("MYSQL_PWD", 1, spaces=True),
 ]
-# JWT_SECRET, SECRET_KEY, DB_PASSWORD, GITHUB_TOKEN, STRIPE_API_KEY and the like.  Six
-# characters at least: shorter values are words like "test", "none" or "dev".
-_CREDENTIAL_VARIABLES: Final = (
+# JWT_SECRET, SECRET_KEY, DB_PASSWORD, GITHUB_TOKEN, STRIPE_API_KEY and the like, in the
+# same forms.  Six characters at least: shorter values are words like "test", "none" or
+# "dev".  The patterns find the value; SecretAssignment then reads the name in front of
+# it (a pattern that starts with the name has no literal to search for and costs four
+# times as much on a long draft).
+_SECRET_ASSIGNMENT_PATTERNS: Final = [
+    re.compile(_quoted(6, spaces=False)),
+    re.compile(_BARE_VALUE % 6),
+    re.compile(_YAML_VALUE % 5, re.MULTILINE),
+]
+# The name in front of a value: an identifier not glued to a longer token or a marker.
+_NAME_BEFORE: Final = re.compile(rf"(?<![{_GLUE}])[A-Za-z0-9_\-]{{1,80}}\Z")
+# Upper-case names count in every form.
+_SECRET_VARIABLE: Final = re.compile(
     r"(?:[A-Z0-9]+_)*(?:SECRET(?:_?KEY)?|PASSWORD|PASSWD|PASSPHRASE|TOKEN|API_?KEY)"
 )
-_SECRET_ASSIGNMENT_PATTERNS: Final = [
-    *_assignments(_CREDENTIAL_VARIABLES, 6, spaces=False),
-    # In code and config files names come in any case (jwtSecret, "client_secret",
-    # db-password): only a quoted literal counts there, never an expression.
-    re.compile(
-        rf"(?<![{_GLUE}])[A-Za-z0-9_\-]{{0,64}}?"
-        r"(?i:secret(?:[_\-]?key)?|password|passwd|passphrase|token|api[_\-]?key)"
-        r"[\"']?[ \t]{0,8}[:=][ \t]{0,8}(?:\"([^\"\s]{6,256})\"|'([^'\s]{6,256})')"
-    ),
-]
+# In code and config files names come in any case (jwtSecret, "client_secret",
+# db-password): only a quoted literal counts there, never an expression.
+_SECRET_NAME: Final = re.compile(
+    r"[A-Za-z0-9_\-]*?(?i:secret(?:[_\-]?key)?|passw(?:or)?d|passphrase|token|api[_\-]?key)"
+)
+_YAML_INDENT: Final = re.compile(r"(?:^|\n)[ \t]*(?:-[ \t]+)?\Z")
 
 # Private key blocks.
 _PEM_END: Final = re.compile(
@@ -588,6 +604,32 @@ def _own_plugins() -> tuple[RegexBasedDetector, ...]:
     class SecretAssignment(RegexBasedDetector):
         secret_type = "Secret Assignment"  # noqa: S105
         denylist = _SECRET_ASSIGNMENT_PATTERNS
+
+        def analyze_string(self, string: str) -> Generator[str, None, None]:
+            quoted, _, yaml = self.denylist
+            for regex in self.denylist:
+                pos = 0
+                # Candidates may overlap (A=B=value): each "=" or ":" is tried.
+                while (match := regex.search(string, pos)) is not None:
+                    pos = match.start() + 1
+                    end = match.start()
+                    if regex is quoted:
+                        # "name" : "value" -- back over the spacing and the name's quote
+                        while end > 0 and match.start() - end < 8 and string[end - 1] in " \t":
+                            end -= 1
+                        if end > 0 and string[end - 1] in "\"'":
+                            end -= 1
+                    name = _NAME_BEFORE.search(string, max(0, end - 81), end)
+                    if name is None:
+                        continue
+                    pattern = _SECRET_NAME if regex is quoted else _SECRET_VARIABLE
+                    if not pattern.fullmatch(name.group()):
+                        continue
+                    if regex is yaml and not _YAML_INDENT.search(
+                        string, max(0, name.start() - 64), name.start()
+                    ):
+                        continue
+                    yield next(value for value in match.groups() if value)
 
     classes: tuple[type[RegexBasedDetector], ...] = (
         AwsKey,

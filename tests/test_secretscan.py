@@ -445,6 +445,22 @@ def test_a_token_assignment_keeps_the_token_kind() -> None:
     )
 
 
+def test_redacting_one_secret_uncovers_no_other() -> None:
+    # Cases the property tests below found: a marker glues like the token it replaced,
+    # and a private key redacted between two command lines does not join them into one.
+    stripe = "sk" + "_live_" + _rand(24)
+    _, block = _pem("RSA", body_lines=2)
+    password = _rand(10)
+    texts = [
+        f"0{stripe}PGPASS" + "WORD=0\n",
+        f"mysql -u root -p{password} app" + "\n".join(block) + f"mysql -u root -p{password} x\n",
+    ]
+    for text in texts:
+        findings = scan(text)
+        assert findings
+        assert scan(redact(text, findings)) == []
+
+
 # Each is a near miss of one of the forms above: a placeholder, a reference, an empty
 # value, a prompt, a name without a value, code that reads a secret from elsewhere.
 NOT_SECRETS = [
