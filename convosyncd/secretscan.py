@@ -244,10 +244,11 @@ _SAS_SIGNATURE_PATTERNS: Final = [
     # characters, often percent-encoded.
     re.compile(_unglued("sig=") + r"((?:%[0-9A-Fa-f]{2}|[A-Za-z0-9+/_\-]){40,512}={0,2})"),
 ]
-# The value of a key in a connection string: quoted, in ODBC braces, or up to the next ";".
+# The value of a key in a connection string: quoted, in ODBC braces, or up to the next ";"
+# (or the backquote that ends a connection string quoted as code in markdown).
 _CONNECTION_VALUE: Final = (
     r"(?:\"([^\"\r\n]{1,256})\"|'([^'\r\n]{1,256})'|\{([^{}\r\n]{1,256})\}"
-    r"|([^;\"'\s{}][^;\"'\s]{0,255}))"
+    r"|([^;\"'`\s{}][^;\"'`\s]{0,255}))"
 )
 _CONNECTION_PASSWORD_PATTERNS: Final = [
     # Server=...;Database=...;User Id=...;Password=...; (ADO.NET, ODBC, JDBC, Npgsql): a

@@ -495,6 +495,7 @@ NOT_SECRETS = [
     "mysql -u root -p$MYSQL_ROOT_PASSWORD app",
     "Server=db;Database=app;User Id=app;Password=${DB_PASSWORD};",
     "Server=db;Database=app;Trusted_Connection=True;Password=;",
+    "Masked in logs: `;password=`, `?private_token=` and `&sig=`.",
     "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey",
     "SharedAccessKey=<key>",
     "The sig= parameter of a SAS URL expires after an hour.",
