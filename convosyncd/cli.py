@@ -95,8 +95,8 @@ def _write_crash_report(argv: Sequence[str] | None) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
             handle.write(report)
-    except OSError:
-        sys.stderr.write(report)
+    except OSError as problem:
+        sys.stderr.write(f"{report}(could not write {path}: {problem.strerror or problem})\n")
         return Path("<stderr>")
     return path
 
