@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import select
 import selectors
 import shlex
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from convosyncd.errors import GitError, GitTimeout
+from convosyncd.masking import mask_credentials as mask_credentials  # re-exported
 from convosyncd.sshshare import Shared, SshSharing, sharing_failure
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,6 @@ _GIT_OPTIONS = (
     "-c",
     "credential.interactive=never",
 )
-
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-
-
-def mask_credentials(text: str) -> str:
-    """Hide ``user:password@`` in any URL inside ``text``."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def ssh_command(configured: str | None, connect_timeout: float) -> str:

@@ -189,7 +189,7 @@ class Publisher:
         from convosyncd import secretscan
 
         repo = self.repo
-        findings = secretscan.scan(draft.text)
+        findings = secretscan.scan(draft.text, derived=task_line)
         if not findings:
             return draft.text
         where = secretscan.describe(findings)
