@@ -27,6 +27,7 @@ from convosyncd.commands import (
 )
 from convosyncd.config import default_config_path, default_state_dir
 from convosyncd.errors import ConvosyncError
+from convosyncd.masking import mask_credentials
 
 COMMANDS = (add_remove, run, sync, status, resume, service, doctor, demo)
 
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         report = _write_crash_report(argv)
         print(
-            f"convosyncd: unexpected {type(error).__name__}: {error} "
+            f"convosyncd: unexpected {type(error).__name__}: {mask_credentials(str(error))} "
             f"(the details are in {report}; please include them in a bug report)",
             file=sys.stderr,
         )
@@ -80,16 +81,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_crash_report(argv: Sequence[str] | None) -> Path:
+    # The command line and the traceback can hold a remote URL with a password in it
+    # (an argument, a path built from one, an exception's message): a crash report is
+    # meant to be pasted into a bug report, so it is masked like the log.
+    report = mask_credentials(
+        f"--- {datetime.now(timezone.utc).isoformat()} convosyncd {__version__}\n"
+        f"python {sys.version.split()[0]} argv {list(argv or sys.argv[1:])}\n"
+        + traceback.format_exc()
+    )
     folder = default_state_dir()
     path = folder / "crash.log"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
-            handle.write(f"--- {datetime.now(timezone.utc).isoformat()} convosyncd {__version__}\n")
-            handle.write(f"python {sys.version.split()[0]} argv {list(argv or sys.argv[1:])}\n")
-            handle.write(traceback.format_exc())
-    except OSError:
-        traceback.print_exc()
+            handle.write(report)
+    except OSError as problem:
+        sys.stderr.write(f"{report}(could not write {path}: {problem.strerror or problem})\n")
         return Path("<stderr>")
     return path
 

@@ -244,15 +244,28 @@ def server_information(timeout: float) -> tuple[str, ...]:
         connection.close()
 
 
-def check_notifications(config: Config) -> Check:
-    """The route plyer will take, and that a notification server answers on it."""
+def check_notifications(config: Config, platform: str = sys.platform) -> Check:
+    """The route notifications take, and (on Linux) that a notification server answers."""
     name = "notifications"
     if not config.notify:
         return passed(name, "off in the config (notify = false)")
-    if not sys.platform.startswith("linux"):
-        return passed(name, f"sent by plyer's {sys.platform} backend (not checked here)")
-    route = notify.route()
     off = "or set notify = false in the config"
+    if platform == "darwin":
+        route = notify.route(platform)
+        if route.startswith("none"):
+            return failed(
+                name,
+                f"no route: {route}",
+                f"run convosyncd with /usr/bin on its PATH, {off}",
+            )
+        return passed(
+            name,
+            f"route {route}; if none appear, allow notifications for Script Editor "
+            "(macOS shows osascript's under it) in System Settings → Notifications",
+        )
+    if not platform.startswith("linux"):
+        return passed(name, f"sent by plyer's {platform} backend (not checked here)")
+    route = notify.route(platform)
     if route.startswith("none"):
         return failed(name, f"no route: {route}", f"install libnotify-bin (notify-send), {off}")
     if route.startswith("the Flatpak portal"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import select
 import selectors
 import shlex
@@ -25,7 +24,8 @@ from pathlib import Path
 from typing import IO
 
 from convosyncd.errors import GitError, GitTimeout
-from convosyncd.sshshare import SshSharing
+from convosyncd.masking import mask_credentials as mask_credentials  # re-exported
+from convosyncd.sshshare import Shared, SshSharing, sharing_failure
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,6 @@ _GIT_OPTIONS = (
     "-c",
     "credential.interactive=never",
 )
-
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-
-
-def mask_credentials(text: str) -> str:
-    """Hide ``user:password@`` in any URL inside ``text``."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def ssh_command(configured: str | None, connect_timeout: float) -> str:
@@ -291,7 +284,9 @@ class Git:
     """git bound to one work tree, with its time limits and its ssh command.
 
     With ``sharing`` (the daemon's), network commands to ``remote`` reuse one ssh
-    connection per server (:mod:`convosyncd.sshshare`).
+    connection per server (:mod:`convosyncd.sshshare`). Sharing never fails a command:
+    when ssh says the shared connection itself could not be made, the command runs
+    again with a connection of its own.
     """
 
     def __init__(
@@ -309,8 +304,10 @@ class Git:
         self._env: dict[str, str] | None = None
         self._env_stamp: tuple[FileIdentity | None, ...] | None = None
         self._config_paths: tuple[str, ...] | None = None
-        self._shared: str | None = None
-        """The names of this remote's shared ssh sockets start so (None: not shared)."""
+        self._shared: Shared | None = None
+        """How this remote's ssh calls share a connection (None: they do not)."""
+        self._unshared_env: dict[str, str] | None = None
+        """The environment without sharing, for a command whose sharing failed."""
 
     def config_stamp(self) -> tuple[FileIdentity | None, ...]:
         """The identities of every git config file that applies here: any edit (a new
@@ -328,10 +325,12 @@ class Git:
             command = ssh_command(base_ssh, self.network_timeout)
             self._shared = None
             if self.sharing is not None and self.remote is not None:
-                urls = self._remote_urls(self.remote)
-                self._shared = self.sharing.prefix(command, urls)
-                command += self.sharing.options(command, urls)
-            self._env = git_environment(ssh=command)
+                self._shared = self.sharing.share(command, self._remote_urls(self.remote))
+            self._unshared_env = git_environment(ssh=command)
+            if self._shared is not None:
+                self._env = git_environment(ssh=command + self._shared.options)
+            else:
+                self._env = self._unshared_env
             self._env_stamp = stamp
         return self._env
 
@@ -354,9 +353,14 @@ class Git:
         extra_env: Mapping[str, str] | None = None,
     ) -> GitResult:
         """Run one git command here; ``network`` commands get the network time limit."""
+        shared: Shared | None = None
+        unshared_env: dict[str, str] = {}
         if network or extra_env:
             env = dict(self._environment())
             env.update(extra_env or {})
+            if network and self._shared is not None and self._unshared_env is not None:
+                shared = self._shared
+                unshared_env = {**self._unshared_env, **(extra_env or {})}
         else:
             env = git_environment()
         try:
@@ -371,13 +375,41 @@ class Git:
         except GitError as error:
             if network:
                 self.forget_environment()
-                if isinstance(error, GitTimeout) and self.sharing and self._shared:
+                if isinstance(error, GitTimeout) and self.sharing and shared:
                     # The shared connection may be what hung: the next ssh starts afresh.
-                    self.sharing.forget(self._shared)
+                    self.sharing.forget(shared.prefix)
+                elif shared is not None and (reason := sharing_failure(error.stderr)):
+                    return self._run_unshared(args, shared, reason, unshared_env, input, check)
             raise
         if network and result.returncode != 0:
             self.forget_environment()
+            if shared is not None and (reason := sharing_failure(result.stderr)):
+                return self._run_unshared(args, shared, reason, unshared_env, input, check)
         return result
+
+    def _run_unshared(
+        self,
+        args: Sequence[str],
+        shared: Shared,
+        reason: str,
+        env: Mapping[str, str],
+        input: bytes | None,
+        check: bool,
+    ) -> GitResult:
+        """Run again, with an ssh connection of its own, a command whose shared
+        connection could not be made. ssh stops before the remote command starts when
+        that happens, so nothing ran twice on the server."""
+        assert self.sharing is not None
+        self.sharing.failed(shared, reason, f"remote {self.remote} of {self.worktree}")
+        log.debug("running %s again without a shared ssh connection", describe_command(args))
+        return run_git(
+            args,
+            cwd=self.worktree,
+            timeout=self.network_timeout,
+            input=input,
+            check=check,
+            env=env,
+        )
 
     def forget_environment(self) -> None:
         """Read ``core.sshCommand`` again next time (the person may have fixed it)."""

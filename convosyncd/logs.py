@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from convosyncd.gitcmd import mask_credentials
+from convosyncd.masking import mask_credentials
 
 LOG_NAME = "convosyncd.log"
 """The daemon's log file in the state folder (when not under journald)."""

@@ -1,26 +1,34 @@
-"""Desktop notifications through plyer, at a bounded cost.
+"""Desktop notifications at a bounded cost: plyer on Linux, ``osascript`` on macOS.
 
 plyer picks its route once per process (D-Bus through dbus-python, else
 ``notify-send``) and none of its routes has a time limit: a notification server that
 owns its name but never answers holds the caller for 25 s or more. Each notification is
 therefore delivered from a worker thread that the daemon waits for at most
 ``timeout`` seconds; at most a few such workers may be outstanding, after which
-notifications are skipped (and logged) until the server answers again. A failed
-notification is a warning, never a failure of the sync.
+notifications are skipped (and logged) until the server answers again.
+
+On macOS plyer needs ``pyobjus``, which it does not install, so notifications go
+through ``osascript``'s ``display notification`` instead: a constant script with the
+title and message passed as arguments (never as script text), run with the same time
+limit and killed with anything it started when it runs out. A failed notification is a
+warning, never a failure of the sync.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-from convosyncd.handoff import Notification
+from convosyncd.handoff import Notification, plain_text
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,13 @@ SERVER_NAME = "org.freedesktop.Notifications"
 MAX_OUTSTANDING = 3
 
 Outcome = Literal["sent", "failed", "timed out", "skipped", "off"]
+
+_OSASCRIPT_LINES = (
+    "on run argv",
+    "display notification (item 2 of argv) with title (item 1 of argv)",
+    "end run",
+)
+"""The whole AppleScript: the texts arrive in ``argv``, so none is ever read as script."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +113,14 @@ def server_problem(timeout: float) -> str | None:
     return None
 
 
-def route() -> str:
-    """The route plyer will take on this machine, in words (for ``doctor`` and logs)."""
+def route(platform: str = sys.platform) -> str:
+    """The route notifications take on this machine, in words (for ``doctor`` and logs);
+    it starts with ``none`` where there is none."""
+    if platform == "darwin":
+        found = shutil.which("osascript")
+        if found is None:
+            return "none (osascript is not on PATH; it comes with macOS, in /usr/bin)"
+        return f"osascript ({found})"
     if os.path.isdir("/app"):
         return "the Flatpak portal (a folder /app exists; plyer ignores every error there)"
     try:
@@ -113,12 +134,69 @@ def route() -> str:
     return "none (install libnotify-bin for notify-send, or dbus-python)"
 
 
-class Notifier:
-    """Sends notifications without ever holding the caller longer than ``timeout``."""
+def osascript_command(notification: Notification) -> list[str]:
+    """The command line that shows ``notification`` on macOS.
 
-    def __init__(self, *, enabled: bool, timeout: float) -> None:
+    The script is constant; the title and message follow ``--`` as arguments of its
+    ``run`` handler, so quotes, backslashes, ``& do shell script ...`` or a leading
+    ``-`` in them stay text.
+    """
+    command = ["osascript"]
+    for line in _OSASCRIPT_LINES:
+        command += ["-e", line]
+    return [*command, "--", notification.title, notification.message]
+
+
+def run_osascript(notification: Notification, timeout: float) -> Delivery:
+    """Show ``notification`` through ``osascript``, waiting at most ``timeout`` seconds."""
+    try:
+        process = subprocess.Popen(
+            osascript_command(notification),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Its own process group, so a timeout ends whatever it started too.
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        return Delivery("failed", "osascript is not on PATH (it comes with macOS, in /usr/bin)")
+    except (OSError, ValueError) as error:
+        return Delivery("failed", f"osascript could not be started: {error}")
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            with contextlib.suppress(OSError):
+                process.kill()
+        # Not drained: something that left the group may hold the pipe open for ever.
+        if process.stderr is not None:
+            process.stderr.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+        return Delivery(
+            "timed out",
+            f"osascript did not finish within {timeout:g} s and was stopped; syncing goes on",
+        )
+    if process.returncode != 0:
+        lines = stderr.decode("utf-8", "replace").strip().splitlines()
+        said = plain_text(lines[-1], 200) if lines else "no message"
+        return Delivery("failed", f"osascript exited with {process.returncode}: {said}")
+    return Delivery("sent")
+
+
+class Notifier:
+    """Sends notifications without ever holding the caller longer than ``timeout``.
+
+    ``platform`` (a ``sys.platform`` value) chooses the route: ``osascript`` on macOS,
+    plyer elsewhere.
+    """
+
+    def __init__(self, *, enabled: bool, timeout: float, platform: str = sys.platform) -> None:
         self.enabled = enabled
         self.timeout = timeout
+        self.platform = platform
         self._outstanding = 0
         self._lock = threading.Lock()
 
@@ -126,7 +204,14 @@ class Notifier:
         """Deliver ``notification``; returns within about ``timeout`` seconds."""
         if not self.enabled:
             return Delivery("off")
-        if sys.platform.startswith("linux"):
+        if self.platform == "darwin":
+            delivery = run_osascript(notification, self.timeout)
+            if delivery.outcome == "sent":
+                log.info("notified: %s: %s", notification.title, notification.message)
+            else:
+                log.warning("notification %s: %s", delivery.outcome, delivery.detail)
+            return delivery
+        if self.platform.startswith("linux"):
             problem = server_problem(min(self.timeout, 2.0))
             if problem is not None:
                 log.warning("notification not sent (%s): %s", problem, notification.title)

@@ -32,7 +32,12 @@ Detectors we add or replace
     * added: Anthropic keys, Google API keys, unquoted ``aws_secret_access_key = ...``
       assignments, Slack app/refresh tokens, every PEM ``BEGIN ... PRIVATE KEY`` header
       (the built-in list misses e.g. ``ENCRYPTED PRIVATE KEY``), Stripe test keys and
-      keys longer than 24 characters, and URL passwords containing reserved characters.
+      keys longer than 24 characters, URL passwords containing reserved characters or
+      with an empty user name, Hugging Face and npm tokens (and ``.npmrc`` auth tokens),
+      Azure ``SharedAccessKey=`` and shared access signatures (``sig=``), ``Password=``
+      and ``Pwd=`` in connection strings, ``PGPASSWORD``, ``mysql -p<password>`` /
+      ``--password=`` / ``MYSQL_PWD``, and literal values assigned to ``JWT_SECRET``,
+      ``SECRET_KEY``, ``*_PASSWORD``, ``*_TOKEN``, ``*_API_KEY`` and the like.
     * replaced: GitHub and GitLab (1.5.0 wraps the prefix in a capturing group, so
       ``findall`` reports just ``"ghp"``), JWT (unbounded quantifiers are quadratic on one
       long line, and the lazy tail drops the signature), OpenAI (quadratic; also misses
@@ -57,6 +62,22 @@ Positions
     A redaction marker counts as part of a token on both sides, so that redacting one
     secret never makes a glued neighbour look like a new one.
 
+Passwords
+    Values people choose (URL and connection-string passwords, ``PGPASSWORD``, mysql's,
+    the assignments) are redacted only where they are not glued to letters or digits,
+    and never when they are placeholders or references (``<password>``, ``${VAR}``,
+    ``$(command)``, ``%VAR%``, ``{{ secrets.X }}``, ``****``, ``true``, ``none``).  An
+    assignment counts only with a literal value: ``NAME=value`` or ``NAME: value`` for
+    upper-case names, a quoted value for any name; ``SECRET_KEY = os.environ[...]`` is
+    code, not a secret.  Its value has six characters at least.
+
+Derived text
+    :func:`scan` can also be given a function that derives more published text from the
+    draft (the task line goes into front matter, commit messages and notifications).
+    That text is cleaned of escapes and invisible characters and cut to a length, so it
+    can show a token the draft itself splits; such a secret is reported as the whole line
+    that yields it.
+
 Private keys
     A PEM header that starts a block (nothing but key material after it on its line) is
     redacted together with everything up to the next ``END ... PRIVATE KEY`` marker, or to
@@ -71,7 +92,7 @@ import bisect
 import functools
 import re
 import threading
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NamedTuple
 
@@ -192,10 +213,129 @@ _PEM_HEADER_PATTERNS: Final = [
     re.compile(r"PuTTY-User-Key-File-[3]"),
 ]
 _URL_PASSWORD_PATTERNS: Final = [
-    # user:password@ where the password may contain reserved characters, even "@": the
-    # greedy run backs off to the last "@" before the path starts.
-    re.compile(r"://[^/?#\s:@\[\]]{1,256}:([^/?#\s]{1,256})@(?=[^/?#\s@])"),
+    # user:password@ where the password may contain reserved characters, even "@", "?"
+    # or "#" (but not "/", which would make every host:port/path@x a password): the
+    # greedy run backs off to the last "@" before the host.  The user name may be empty
+    # (redis://:<password>@host, postgres://:<password>@host/db), which detect-secrets'
+    # own pattern misses.
+    re.compile(r"://[^/?#\s:@\[\]]{0,256}:([^/\s]{1,256})@(?=[^/?#\s@])"),
 ]
+_HUGGINGFACE_PATTERNS: Final = [
+    re.compile(_unglued("hf_") + r"[A-Za-z0-9]{34,255}"),
+]
+# An identifier made of words: an optional capital and two or more lower-case letters each.
+_WORDS: Final = re.compile(r"(?:[A-Z]?[a-z]{2,})+")
+_NPM_PATTERNS: Final = [
+    # npm_ and 36 base62 characters (the last six a checksum); npm_config_registry and the
+    # other npm_* variables npm sets have underscores in them.
+    re.compile(_unglued("npm_") + r"[A-Za-z0-9]{36}(?![A-Za-z0-9_\-\[])"),
+    # .npmrc: //registry.npmjs.org/:_authToken=<token> (legacy tokens are UUIDs); a
+    # ${NPM_TOKEN} reference is not a secret, nor is a redaction marker.
+    re.compile(r":_authToken[ \t]*=[ \t]*[\"']?([^\s\"'`$\[][^\s\"'`]{7,255})"),
+]
+_AZURE_SHARED_ACCESS_KEY_PATTERNS: Final = [
+    # Service Bus, Event Hubs and IoT Hub connection strings; "SharedAccessKeyName=" names
+    # the policy and is not a secret.
+    re.compile(_unglued("SharedAccessKey=") + r"([A-Za-z0-9+/]{20,256}={0,2})"),
+]
+_SAS_SIGNATURE_PATTERNS: Final = [
+    # The sig= of a shared access signature (a storage URL's query, a connection string's
+    # SharedAccessSignature=, a Service Bus token): an HMAC-SHA256 in base64, 43 or 44
+    # characters, often percent-encoded.
+    re.compile(_unglued("sig=") + r"((?:%[0-9A-Fa-f]{2}|[A-Za-z0-9+/_\-]){40,512}={0,2})"),
+]
+# The value of a key in a connection string: quoted, in ODBC braces, or up to the next ";"
+# (or the backquote that ends a connection string quoted as code in markdown).
+_CONNECTION_VALUE: Final = (
+    r"(?:\"([^\"\r\n]{1,256})\"|'([^'\r\n]{1,256})'|\{([^{}\r\n]{1,256})\}"
+    r"|([^;\"'`\s{}][^;\"'`\s]{0,255}))"
+)
+_CONNECTION_PASSWORD_PATTERNS: Final = [
+    # Server=...;Database=...;User Id=...;Password=...; (ADO.NET, ODBC, JDBC, Npgsql): a
+    # Password or Pwd key that follows another key, or is followed by one.
+    re.compile(r";[ \t]*(?i:password|pwd)[ \t]*=[ \t]*" + _CONNECTION_VALUE),
+    # (its first letter first, so that the regex engine can skip ahead to it)
+    re.compile(
+        rf"[Pp](?<![{_GLUE}][Pp])(?i:assword|wd)[ \t]*=[ \t]*" + _CONNECTION_VALUE + r"[ \t]*;"
+    ),
+]
+
+
+# The forms of an assignment of a literal value (see _assignments), as regex pieces:
+# unquoted after "=" (.env files, export, NAME=value command); quoted after "=" or ":"
+# (shell, JSON, YAML, PowerShell), the name quoted or not; a YAML key with the value
+# alone on its line, unless the value is a plain lower-case word ("required",
+# "example").  Python's NAME = os.environ[...] and NAME: str assign no literal.
+_BARE_VALUE: Final = r"=([^\s\"'`]{%d,256})"
+_QUOTED_VALUE: Final = r"[:=][ \t]{0,8}(?:\"(%s{%d,256})\"|'(%s{%d,256})')"
+_YAML_VALUE: Final = (
+    r":[ \t]+(?![a-z]+[ \t]*(?:#|$))"
+    r"([^\s\"'`#\[\](){}<>,;][^\s\"'`\[\](){}<>,;]{%d,255})(?:[ \t]+#.*)?[ \t]*$"
+)
+
+
+def _quoted(minimum: int, *, spaces: bool) -> str:
+    inner, inner_single = (r"[^\"\r\n]", r"[^'\r\n]") if spaces else (r"[^\"\s]", r"[^'\s]")
+    return _QUOTED_VALUE % (inner, minimum, inner_single, minimum)
+
+
+def _assignments(name: str, minimum: int, *, spaces: bool) -> list[re.Pattern[str]]:
+    """Patterns for the variable `name` assigned a literal value of `minimum` characters.
+
+    `spaces` lets a quoted value hold spaces.  A YAML key is a whole line (indented, maybe
+    a list item): anchoring both ends also keeps the windows of a very long line from
+    looking like one.
+    """
+    start = _unglued(name)
+    return [
+        re.compile(start + _BARE_VALUE % minimum),
+        re.compile(start + r"[\"']?[ \t]{0,8}" + _quoted(minimum, spaces=spaces)),
+        re.compile(r"^[ \t]*(?:-[ \t]+)?" + start + _YAML_VALUE % (minimum - 1), re.MULTILINE),
+    ]
+
+
+_POSTGRES_PASSWORD_PATTERNS: Final = _assignments("PGPASSWORD", 1, spaces=True)
+_MYSQL_CLIENTS: Final = (
+    r"(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mysqlcheck|mysqlpump|mysqlslap"
+    r"|mysqlsh|mariadb|mariadb-dump|mariadb-admin|mariadb-import|mariadb-check)"
+)
+_MYSQL_COMMAND: Final = re.compile(rf"(?<![{_GLUE}]){_MYSQL_CLIENTS}(?:\.exe)?(?![A-Za-z0-9_\-\[])")
+# What ends a shell command line; a redaction marker too, since redacting a private key
+# joins the lines around it.
+_COMMAND_SEPARATOR: Final = re.compile(r"[\n|;&]|\[REDACTED:")
+_MYSQL_PASSWORD_PATTERNS: Final = [
+    # -p<password> and --password=<password>, which count when a mysql command starts
+    # the same command line (MysqlPassword below checks); "-p" alone, then a space, makes
+    # mysql prompt.  The password of -p<password> is reported with its "-p".  Unquoted,
+    # it ends where the shell would end it.
+    re.compile(
+        r"[ \t](?P<flag>--password=|-p)(?:\"(?P<dq>[^\"\r\n]{1,128})\"|'(?P<sq>[^'\r\n]{1,128})'"
+        r"|(?P<bare>[^\s\"'`|;&<>()]{1,128}))"
+    ),
+    *_assignments("MYSQL_PWD", 1, spaces=True),
+]
+# JWT_SECRET, SECRET_KEY, DB_PASSWORD, GITHUB_TOKEN, STRIPE_API_KEY and the like, in the
+# same forms.  Six characters at least: shorter values are words like "test", "none" or
+# "dev".  The patterns find the value; SecretAssignment then reads the name in front of
+# it (a pattern that starts with the name has no literal to search for and costs four
+# times as much on a long draft).
+_SECRET_ASSIGNMENT_PATTERNS: Final = [
+    re.compile(_quoted(6, spaces=False)),
+    re.compile(_BARE_VALUE % 6),
+    re.compile(_YAML_VALUE % 5, re.MULTILINE),
+]
+# The name in front of a value: an identifier not glued to a longer token or a marker.
+_NAME_BEFORE: Final = re.compile(rf"(?<![{_GLUE}])[A-Za-z0-9_\-]{{1,80}}\Z")
+# Upper-case names count in every form.
+_SECRET_VARIABLE: Final = re.compile(
+    r"(?:[A-Z0-9]+_)*(?:SECRET(?:_?KEY)?|PASSWORD|PASSWD|PASSPHRASE|TOKEN|API_?KEY)"
+)
+# In code and config files names come in any case (jwtSecret, "client_secret",
+# db-password): only a quoted literal counts there, never an expression.
+_SECRET_NAME: Final = re.compile(
+    r"[A-Za-z0-9_\-]*?(?i:secret(?:[_\-]?key)?|passw(?:or)?d|passphrase|token|api[_\-]?key)"
+)
+_YAML_INDENT: Final = re.compile(r"(?:^|\n)[ \t]*(?:-[ \t]+)?\Z")
 
 # Private key blocks.
 _PEM_END: Final = re.compile(
@@ -207,10 +347,17 @@ _MARKER_TAIL: Final = re.compile(r"(?: BLOCK)?(?: ?-{4,5})?")
 # nothing (but quotes/punctuation), an escaped newline (JSON, .env), or key material.
 _BLOCK_REST: Final = re.compile(r"[\s\"'`,;]*\Z|\s*(?:\\r)?\\n|\s*[A-Za-z0-9+/=]{16}")
 
-# Values of a URL password that are placeholders, not secrets.
+# Values of a password (in a URL, a connection string, an assignment) that are
+# placeholders or references, not secrets: <password>, {password}, {{ secrets.X }},
+# ${VAR}, $VAR, $(command) (cut at its first space), %VAR%, %s, ****, xxxx, ...
 _PASSWORD_PLACEHOLDER: Final = re.compile(
-    r"<[^<>]*>|\{[^{}]*\}|\$\{[^{}]*\}|\$[A-Za-z_][A-Za-z0-9_]*|%(?:\([A-Za-z_]*\))?s"
-    r"|\*+|[xX]+|\.{2,3}|\u2026"
+    r"<[^<>]*>|\{[^{}]*\}|\{\{[^{}]*\}\}|\$\{[^{}]*\}|\$[A-Za-z_][A-Za-z0-9_]*|\$\(.*"
+    r"|%[A-Za-z_][A-Za-z0-9_]*%|%(?:\([A-Za-z_]*\))?s|\*+|[xX]+|\.{2,3}|\u2026"
+)
+# Values that say something about a password rather than being one.
+_NOT_PASSWORDS: Final = frozenset(
+    {"true", "false", "yes", "no", "on", "off", "none", "null", "nil", "undefined", "empty"}
+    | {"required", "optional", "unset", "str", "string", "bytes", "secretstr"}
 )
 _ALNUM: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 
@@ -235,7 +382,25 @@ _KIND_PRIORITY: Final[tuple[str, ...]] = (
     "sendgrid-key",
     "square-oauth-secret",
     "mailchimp-key",
+    "huggingface-token",
+    "npm-token",
+    "azure-shared-access-key",
+    "sas-signature",
     "password-in-url",
+    "connection-string-password",
+    "postgres-password",
+    "mysql-password",
+    "secret-assignment",
+)
+# Kinds whose values are chosen by people: short, maybe a placeholder, maybe a word.
+_PASSWORD_KINDS: Final = frozenset(
+    {
+        "password-in-url",
+        "connection-string-password",
+        "postgres-password",
+        "mysql-password",
+        "secret-assignment",
+    }
 )
 _FALLBACK_KIND: Final = "secret"
 
@@ -264,6 +429,14 @@ _KIND_TABLE: Final[Mapping[str, tuple[tuple[str, re.Pattern[str] | None], ...]]]
     "Anthropic API Key": (("anthropic-key", None),),
     "Google API Key": (("google-api-key", None),),
     "AWS Secret Access Key": (("aws-secret-key", None),),
+    "Hugging Face Token": (("huggingface-token", None),),
+    "npm Access Token": (("npm-token", None),),
+    "Azure Shared Access Key": (("azure-shared-access-key", None),),
+    "Shared Access Signature": (("sas-signature", None),),
+    "Connection String Password": (("connection-string-password", None),),
+    "PostgreSQL Password": (("postgres-password", None),),
+    "MySQL Password": (("mysql-password", None),),
+    "Secret Assignment": (("secret-assignment", None),),
 }
 
 # detect-secrets plugins enabled by class name through its settings.
@@ -373,6 +546,92 @@ def _own_plugins() -> tuple[RegexBasedDetector, ...]:
         secret_type = "Basic Auth Credentials"  # noqa: S105
         denylist = _URL_PASSWORD_PATTERNS
 
+    class HuggingFaceToken(RegexBasedDetector):
+        secret_type = "Hugging Face Token"  # noqa: S105
+        denylist = _HUGGINGFACE_PATTERNS
+
+        def analyze_string(self, string: str) -> Generator[str, None, None]:
+            # 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 is a name; a random token is made
+            # of such words about once in 100,000.
+            for token in super().analyze_string(string):
+                if not _WORDS.fullmatch(token, 3):
+                    yield token
+
+    class NpmToken(RegexBasedDetector):
+        secret_type = "npm Access Token"  # noqa: S105
+        denylist = _NPM_PATTERNS
+
+    class AzureSharedAccessKey(RegexBasedDetector):
+        secret_type = "Azure Shared Access Key"  # noqa: S105
+        denylist = _AZURE_SHARED_ACCESS_KEY_PATTERNS
+
+    class SasSignature(RegexBasedDetector):
+        secret_type = "Shared Access Signature"  # noqa: S105
+        denylist = _SAS_SIGNATURE_PATTERNS
+
+    class ConnectionStringPassword(RegexBasedDetector):
+        secret_type = "Connection String Password"  # noqa: S105
+        denylist = _CONNECTION_PASSWORD_PATTERNS
+
+    class PostgresPassword(RegexBasedDetector):
+        secret_type = "PostgreSQL Password"  # noqa: S105
+        denylist = _POSTGRES_PASSWORD_PATTERNS
+
+    class MysqlPassword(RegexBasedDetector):
+        secret_type = "MySQL Password"  # noqa: S105
+        denylist = _MYSQL_PASSWORD_PATTERNS
+
+        def analyze_string(self, string: str) -> Generator[str, None, None]:
+            option, *assignments = self.denylist
+            commands = [m.start() for m in _MYSQL_COMMAND.finditer(string)]
+            separators = [m.start() for m in _COMMAND_SEPARATOR.finditer(string)]
+            for match in option.finditer(string) if commands else ():
+                # The option counts if a mysql command comes before it with no pipe,
+                # ";", "&" or new line between them.
+                command = bisect.bisect_left(commands, match.start()) - 1
+                separator = bisect.bisect_left(separators, match.start()) - 1
+                if command < 0 or (separator >= 0 and separators[separator] > commands[command]):
+                    continue
+                value = match["dq"] or match["sq"] or match["bare"]
+                if _is_placeholder_password(value):
+                    continue
+                # -p<password> is glued to its flag, and a password is only redacted
+                # where it is not glued to letters (see _occurrences): the flag goes too.
+                yield f"-p{value}" if match["flag"] == "-p" and match["bare"] else value
+            for regex in assignments:
+                for found in regex.findall(string):
+                    yield from filter(None, found) if isinstance(found, tuple) else [found]
+
+    class SecretAssignment(RegexBasedDetector):
+        secret_type = "Secret Assignment"  # noqa: S105
+        denylist = _SECRET_ASSIGNMENT_PATTERNS
+
+        def analyze_string(self, string: str) -> Generator[str, None, None]:
+            quoted, _, yaml = self.denylist
+            for regex in self.denylist:
+                pos = 0
+                # Candidates may overlap (A=B=value): each "=" or ":" is tried.
+                while (match := regex.search(string, pos)) is not None:
+                    pos = match.start() + 1
+                    end = match.start()
+                    if regex is quoted:
+                        # "name" : "value" -- back over the spacing and the name's quote
+                        while end > 0 and match.start() - end < 8 and string[end - 1] in " \t":
+                            end -= 1
+                        if end > 0 and string[end - 1] in "\"'":
+                            end -= 1
+                    name = _NAME_BEFORE.search(string, max(0, end - 81), end)
+                    if name is None:
+                        continue
+                    pattern = _SECRET_NAME if regex is quoted else _SECRET_VARIABLE
+                    if not pattern.fullmatch(name.group()):
+                        continue
+                    if regex is yaml and not _YAML_INDENT.search(
+                        string, max(0, name.start() - 64), name.start()
+                    ):
+                        continue
+                    yield next(value for value in match.groups() if value)
+
     classes: tuple[type[RegexBasedDetector], ...] = (
         AwsKey,
         GitHubToken,
@@ -386,6 +645,14 @@ def _own_plugins() -> tuple[RegexBasedDetector, ...]:
         SlackExtraToken,
         PemHeader,
         UrlPassword,
+        HuggingFaceToken,
+        NpmToken,
+        AzureSharedAccessKey,
+        SasSignature,
+        ConnectionStringPassword,
+        PostgresPassword,
+        MysqlPassword,
+        SecretAssignment,
     )
     return tuple(cls() for cls in classes)
 
@@ -454,7 +721,11 @@ def _segments(units: Iterable[_Unit]) -> Iterator[tuple[str, list[_Unit]]]:
 
 
 def _is_placeholder_password(value: str) -> bool:
-    return "[REDACTED:" in value or _PASSWORD_PLACEHOLDER.fullmatch(value) is not None
+    return (
+        "[REDACTED:" in value
+        or value.lower() in _NOT_PASSWORDS
+        or _PASSWORD_PLACEHOLDER.fullmatch(value) is not None
+    )
 
 
 def _occurrences(line: str, value: str, kind: str) -> Iterator[tuple[int, int]]:
@@ -466,7 +737,7 @@ def _occurrences(line: str, value: str, kind: str) -> Iterator[tuple[int, int]]:
     """
     if not value:
         return
-    password = kind == "password-in-url"
+    password = kind in _PASSWORD_KINDS
     if password and _is_placeholder_password(value):
         return
     width = len(value)
@@ -611,18 +882,64 @@ def _to_span(finding: Finding, lines: Sequence[str], starts: Sequence[int]) -> _
 # --------------------------------------------------------------------------- public API
 
 
-def scan(text: str) -> list[Finding]:
-    """Find the secrets in `text`, sorted by position, overlapping ones merged."""
+def scan(text: str, *, derived: Callable[[str], str] | None = None) -> list[Finding]:
+    """Find the secrets in `text`, sorted by position, overlapping ones merged.
+
+    `derived` makes, from the text as it will be published, more text that is published
+    with it (a handoff's task line: one line of it, cleaned of escapes and invisible
+    characters and cut to a length, which can join the halves of a token or cut off what
+    kept it from looking like one).  A secret in what it returns after redaction is
+    reported as the whole line that yields it (a line whose own `derived` is the same), or,
+    failing that, as the whole text, so that redacting the findings also cleans it.
+    """
     if not text:
         return []
     lines = text.split("\n")
     starts = _line_starts(lines)
+    spans = _scan_spans(text, lines, starts)
+    if derived is not None:
+        spans = _merge([*spans, *_derived_spans(text, lines, starts, _merge(spans), derived)])
+    return [_to_finding(span, starts) for span in _merge(spans)]
+
+
+def _scan_spans(text: str, lines: Sequence[str], starts: Sequence[int]) -> list[_Span]:
     spans = _engine_spans(_units(lines, starts))
     keys = [s for s in spans if s.kind == "private-key"]
     if keys:
         spans = [s for s in spans if s.kind != "private-key"]
         spans.extend(_private_key_spans(text, starts, keys))
-    return [_to_finding(span, starts) for span in _merge(spans)]
+    return spans
+
+
+def _derived_spans(
+    text: str,
+    lines: Sequence[str],
+    starts: Sequence[int],
+    spans: Sequence[_Span],
+    derived: Callable[[str], str],
+) -> list[_Span]:
+    summary = derived(_replace(text, spans))
+    found = scan(summary)
+    if not found:
+        return []
+    kind = found[0].kind
+    extra: list[_Span] = []
+    for index, raw in enumerate(lines):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        low, high = starts[index], starts[index] + len(line)
+        if not line.strip():
+            continue
+        inside = [
+            _Span(max(s.start, low) - low, min(s.end, high) - low, s.kind)
+            for s in spans
+            if s.start < high and s.end > low
+        ]
+        if derived(_replace(line, inside)) == summary:
+            extra.append(_Span(low, high, kind))
+    if not extra or scan(derived(_replace(text, _merge([*spans, *extra])))):
+        end = len(text.rstrip("\r\n"))
+        extra = [_Span(0, end, kind)] if end else []
+    return extra
 
 
 def redact(text: str, findings: Sequence[Finding]) -> str:
@@ -634,9 +951,13 @@ def redact(text: str, findings: Sequence[Finding]) -> str:
         return text
     lines = text.split("\n")
     starts = _line_starts(lines)
+    return _replace(text, [_to_span(f, lines, starts) for f in findings])
+
+
+def _replace(text: str, spans: Iterable[_Span]) -> str:
     parts: list[str] = []
     pos = 0
-    for span in _merge(_to_span(f, lines, starts) for f in findings):
+    for span in _merge(spans):
         parts.append(text[pos : span.start])
         parts.append(f"[REDACTED:{span.kind}]")
         pos = span.end

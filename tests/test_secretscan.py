@@ -22,8 +22,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convosyncd import secretscan
+from convosyncd.handoff import task_line
 from convosyncd.secretscan import Finding, describe, redact, scan
-from tests.support.fake_secrets import _ALNUM, SAMPLES, _b64url_json, _jwt, _pem, _rand
+from tests.support.fake_secrets import (
+    _ALNUM,
+    IN_CONTEXT,
+    SAMPLES,
+    _b64url_json,
+    _jwt,
+    _pem,
+    _rand,
+)
 
 
 def _handoff(secret_line: str) -> tuple[str, int]:
@@ -144,15 +153,15 @@ def test_password_with_reserved_characters_is_fully_redacted() -> None:
 
 
 def test_password_repeated_on_the_line_is_redacted_everywhere_but_not_inside_words() -> None:
-    password = "hunter" + "42pass"
+    typed = "hunter" + "42pass"
     text = (
-        f"- url https://bob:{password}@example.org/ and the person typed {password} again;"
+        f"- url https://bob:{typed}@example.org/ and the person typed {typed} again;"
         " the password-reset page is unrelated\n"
     )
     findings = scan(text)
     assert [f.kind for f in findings] == ["password-in-url", "password-in-url"]
     redacted = redact(text, findings)
-    assert password not in redacted
+    assert typed not in redacted
     assert redacted.count("[REDACTED:password-in-url]") == 2
     assert "the password-reset page is unrelated" in redacted
 
@@ -373,6 +382,244 @@ def test_scan_leaves_detect_secrets_global_settings_alone() -> None:
     assert get_settings().json() == before
 
 
+# --------------------------------------------------------------------------- in context
+
+
+def _context_cases() -> list[tuple[str, Callable[[], tuple[str, str]]]]:
+    return [(kind, make) for kind, makers in IN_CONTEXT.items() for make in makers]
+
+
+def _context_ids() -> list[str]:
+    return [f"{kind}-{i}" for kind, makers in IN_CONTEXT.items() for i in range(len(makers))]
+
+
+@pytest.mark.parametrize(("kind", "make"), _context_cases(), ids=_context_ids())
+def test_each_secret_in_context_is_found_and_redacted(
+    kind: str, make: Callable[[], tuple[str, str]]
+) -> None:
+    snippet, secret = make()
+    text, line = _handoff(snippet)
+    findings = scan(text)
+
+    assert [(f.kind, f.line, f.end_line) for f in findings] == [(kind, line, line)]
+    f = findings[0]
+    assert text.splitlines()[line - 1][f.start : f.end] == secret
+    redacted = redact(text, findings)
+    assert redacted == text.replace(secret, f"[REDACTED:{kind}]")
+    assert scan(redacted) == []
+
+
+def test_empty_user_url_password_with_reserved_characters() -> None:
+    password = "p@ss" + "#w?rd" + _rand(6)
+    text = f"- cache: rediss://:{password}@cache.example.com:6380/0\n"
+    assert redact(text, scan(text)) == (
+        "- cache: rediss://:[REDACTED:password-in-url]@cache.example.com:6380/0\n"
+    )
+
+
+def test_connection_string_password_in_odbc_braces() -> None:
+    password = _rand(8) + ";" + _rand(4)
+    text = "Driver={ODBC Driver 18};Server=db;Uid=app;P" + "wd={" + password + "};\n"
+    assert redact(text, scan(text)) == (
+        "Driver={ODBC Driver 18};Server=db;Uid=app;P"
+        + "wd={[REDACTED:connection-string-password]};\n"
+    )
+
+
+def test_a_password_is_redacted_wherever_it_stands_on_the_line() -> None:
+    password = _rand(12)
+    text = f"PGPASS{'WORD'}={password} psql -c 'select 1'  # {password} is the old one\n"
+    redacted = redact(text, scan(text))
+    assert password not in redacted
+    assert redacted.count("[REDACTED:postgres-password]") == 2
+
+
+def test_a_token_assignment_keeps_the_token_kind() -> None:
+    token = SAMPLES["huggingface-token"][0]()
+    npm = SAMPLES["npm-token"][0]()
+    text = "export HF_TOKEN=" + token + "\nNPM_TOKEN=" + npm + " npm publish\n"
+    findings = scan(text)
+    assert [(f.kind, f.line) for f in findings] == [("huggingface-token", 1), ("npm-token", 2)]
+    assert redact(text, findings) == (
+        "export HF_TOKEN=[REDACTED:huggingface-token]\nNPM_TOKEN=[REDACTED:npm-token] npm publish\n"
+    )
+
+
+def test_redacting_one_secret_uncovers_no_other() -> None:
+    # Cases the property tests below found: a marker glues like the token it replaced,
+    # and a private key redacted between two command lines does not join them into one.
+    stripe = "sk" + "_live_" + _rand(24)
+    _, block = _pem("RSA", body_lines=2)
+    password = _rand(10)
+    texts = [
+        f"0{stripe}PGPASS" + "WORD=0\n",
+        f"mysql -u root -p{password} app" + "\n".join(block) + f"mysql -u root -p{password} x\n",
+    ]
+    for text in texts:
+        findings = scan(text)
+        assert findings
+        assert scan(redact(text, findings)) == []
+
+
+# Each is a near miss of one of the forms above: a placeholder, a reference, an empty
+# value, a prompt, a name without a value, code that reads a secret from elsewhere.
+NOT_SECRETS = [
+    "SECRET_" + "KEY=",
+    "SECRET_KEY=${SECRET_KEY}",
+    "JWT_SECRET=<your-secret>",
+    'JWT_SECRET="<your-secret>"',
+    "SECRET_KEY=$(openssl rand -hex 32)",
+    "GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}",
+    'token: "${{ secrets.NPM_TOKEN }}"',
+    "set DB_PASSWORD=%DB_PASSWORD%",
+    "API_KEY=********",
+    "REDIS_PASSWORD=...",
+    "REQUIRE_PASSWORD=false USE_TOKEN=true",
+    "MAX_TOKENS=4096 TOKEN_TTL=3600 PASSWORD_MIN_LENGTH=12 MAX_TOKEN=4096",
+    "SECRET_KEY = os.environ['SECRET_KEY']",
+    "JWT_SECRET = process.env.JWT_SECRET",
+    "SECRET_KEY: str = os.environ['SECRET_KEY']",
+    "JWT_SECRET: Optional[str] = None",
+    "- JWT_SECRET: required",
+    "  POSTGRES_PASSWORD: example",
+    "password = getpass.getpass()",
+    "conn = connect(user=user, password=password)",
+    '"max_tokens": 4096, "token_type": "bearer"',
+    'the error said: password: "must be longer"',
+    "Set `JWT_SECRET` and `SECRET_KEY` in the Vercel dashboard.",
+    "PGPASSWORD=$DB_PASS psql -h db",
+    "export PGPASSWORD=",
+    "mysql -p",
+    "mysql -u root -p app",
+    "mysql -h db -P 3306 -p --ssl-mode=REQUIRED app",
+    "mysql -u root -p$MYSQL_ROOT_PASSWORD app",
+    "Server=db;Database=app;User Id=app;Password=${DB_PASSWORD};",
+    "Server=db;Database=app;Trusted_Connection=True;Password=;",
+    "Masked in logs: `;password=`, `?private_token=` and `&sig=`.",
+    "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey",
+    "SharedAccessKey=<key>",
+    "The sig= parameter of a SAS URL expires after an hour.",
+    "https://acme.blob.core.windows.net/c/b?sv=2022-11-02&sig=abc",
+    "redis://localhost:6379/0 and redis://:@localhost:6379",
+    "redis://:${REDIS_PASSWORD}@cache:6379",
+    "http://localhost:8080/#/login and https://example.com/search?q=a@b.com",
+    "hf_hub_download(repo_id='acme/model', filename='config.json'); HF_TOKEN is read",
+    "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",
+    "npm_config_registry npm_package_version npm_lifecycle_event",
+    "//registry.npmjs.org/:_authToken=${NPM_TOKEN}",
+]
+
+
+@pytest.mark.parametrize("text", NOT_SECRETS)
+def test_near_misses_of_the_new_forms_are_not_findings(text: str) -> None:
+    assert scan(text + "\n") == []
+
+
+NEGATIVE_CONFIG_HANDOFF = """\
+## Handoff: move the API to Azure
+
+### Current Task
+Moving the API's secrets from `.env` files to Key Vault; JWT_SECRET and SECRET_KEY first.
+
+### Progress So Far
+- `.env.example` now lists `JWT_SECRET=`, `SECRET_KEY=` and `DB_PASSWORD=` with no values.
+- docker-compose reads `POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}` from the environment.
+- `settings.py`: `SECRET_KEY = os.environ["SECRET_KEY"]`, `DEBUG = False`.
+- CI sets `PGPASSWORD: ${{ secrets.PGPASSWORD }}` before `psql`, and the local script
+  runs `mysql -u root -p app` (it prompts).
+- The Service Bus connection string has `SharedAccessKeyName=RootManageSharedAccessKey`;
+  the key itself is in Key Vault as `servicebus-key`.
+- SAS URLs are made on demand (`sig=` lasts an hour); nothing is stored.
+- SQL connection: `Server=tcp:acme.database.windows.net,1433;Database=app;User Id=api;`
+  with `Password=<from Key Vault>;` added at start-up.
+- Hugging Face downloads go through `hf_hub_download`; HF_TOKEN comes from Key Vault.
+- npm: `npm_config_registry` points at the Azure Artifacts feed;
+  `.npmrc` has `//pkgs.dev.azure.com/acme/_packaging/feed/npm/registry/:_authToken=${NPM_TOKEN}`.
+- Redis runs locally at redis://localhost:6379/0 (no password in dev).
+
+### Key Decisions Made
+- REQUIRE_PASSWORD=true in production, false in dev; TOKEN_TTL=3600, MAX_TOKENS=4096.
+- `jwt.encode(payload, settings.JWT_SECRET, algorithm="HS256")` stays as it is.
+- Passwords are at least 12 characters: `PASSWORD_MIN_LENGTH=12`.
+
+### Next Steps
+1. Rotate JWT_SECRET (the person will do it in the portal).
+2. Remove `SECRET_KEY: str = "..."` from `config.py`.
+"""
+
+
+def test_realistic_config_handoff_without_secrets_has_no_findings() -> None:
+    assert scan(NEGATIVE_CONFIG_HANDOFF) == []
+    assert scan(NEGATIVE_CONFIG_HANDOFF, derived=task_line) == []
+
+
+# --------------------------------------------------------------------------- derived text
+
+
+def _task_handoff(task: str) -> str:
+    return f"## Handoff\n\n### Current Task\n{task}\n\n### Next Steps\n1. Ship it.\n"
+
+
+@pytest.mark.parametrize(
+    "glue",
+    ["\u200b", "\u2060", "\u202e", "\x1b[0m", "\x1b]8;;\x07", "<b>", "</span>"],
+    ids=["zero-width-space", "word-joiner", "bidi-override", "sgr", "osc-8", "b", "span"],
+)
+def test_a_token_only_the_task_line_joins_is_redacted_with_its_line(glue: str) -> None:
+    token = SAMPLES["github-token"][0]()
+    task = f"Rotate {token[:20]}{glue}{token[20:]} today"
+    text = _task_handoff(task)
+    assert scan(text) == [], "the draft alone hides it"
+    assert token in task_line(text), "its task line shows it"
+
+    findings = scan(text, derived=task_line)
+    assert [(f.kind, f.line, f.start, f.end_line, f.end) for f in findings] == [
+        ("github-token", 4, 0, 4, len(task))
+    ]
+    redacted = redact(text, findings)
+    assert redacted == _task_handoff("[REDACTED:github-token]")
+    assert task_line(redacted) == "[REDACTED:github-token]"
+
+
+def test_a_token_the_task_line_cuts_free_is_redacted() -> None:
+    key = "sk-" + _rand(40)
+    # The key ends where the task line is cut (120 characters with the ellipsis); in the
+    # draft it runs on into "-legacy", which keeps it from looking like a key.
+    task = "Check " + "word " * 14 + key + "-legacy and the rest of a long sentence"
+    text = _task_handoff(task)
+    assert scan(text) == []
+    assert task_line(text).endswith(key + "…")
+
+    findings = scan(text, derived=task_line)
+    assert [(f.kind, f.line) for f in findings] == [("openai-key", 4)]
+    assert task_line(redact(text, findings)) == "[REDACTED:openai-key]"
+
+
+def test_a_secret_already_redacted_leaves_the_rest_of_the_task_line() -> None:
+    token = SAMPLES["huggingface-token"][0]()
+    text = _task_handoff(f"Rotate {token} after the deploy")
+    assert scan(text, derived=task_line) == scan(text)
+    assert task_line(redact(text, scan(text))) == (
+        "Rotate [REDACTED:huggingface-token] after the deploy"
+    )
+
+
+def test_a_secret_no_single_line_yields_redacts_the_whole_text() -> None:
+    token = SAMPLES["github-token"][0]()
+    text = f"first {token[:20]}\n{token[20:]} second\r\n"
+
+    def joined(value: str) -> str:
+        return value.replace("\r", "").replace("\n", "")
+
+    assert scan(text) == []
+    findings = scan(text, derived=joined)
+    assert [(f.kind, f.line, f.start, f.end_line, f.end) for f in findings] == [
+        ("github-token", 1, 0, 2, len(token) - 20 + len(" second"))
+    ]
+    assert redact(text, findings) == "[REDACTED:github-token]\r\n"
+    assert scan(joined(redact(text, findings))) == []
+
+
 NEGATIVE_HANDOFF = """\
 ## Handoff — convosyncd, 2024-06-11
 
@@ -449,7 +696,8 @@ def test_realistic_handoff_without_secrets_has_no_findings() -> None:
 def test_secret_added_to_the_realistic_handoff_is_the_only_change() -> None:
     token = SAMPLES["anthropic-key"][0]()
     text = NEGATIVE_HANDOFF.replace(
-        "- Tokens are passed as", f"- The person pasted ANTHROPIC_API_KEY={token}\n- Tokens are"
+        "- Tokens are passed as",
+        "- The person pasted ANTHROPIC_API_KEY=" + token + "\n- Tokens are",
     )
     findings = scan(text)
     assert [f.kind for f in findings] == ["anthropic-key"]
@@ -531,6 +779,16 @@ _PATHOLOGICAL: dict[str, Callable[[], str]] = {
     "sk-": lambda: "sk-" * 100_000,
     "base64ish": lambda: "".join(random.Random(1).choices(_ALNUM + "+/_-", k=300_000)),
     "headers": lambda: ("-----" + "BEGIN RSA " + "PRIVATE KEY----- x ") * 10_000,
+    "hf_": lambda: "hf_" * 100_000,
+    "npm_": lambda: "npm_" * 75_000,
+    "sig=": lambda: "&sig=" * 60_000,
+    "connection": lambda: (";Pass" + "word=") * 30_000,
+    "mysql": lambda: "mysql -u " * 35_000,
+    "mysql-prompt": lambda: "mysql -p " * 35_000,
+    "names": lambda: "A_" * 150_000 + "TOKEN=",
+    "assignments": lambda: "SECRET_" + "KEY=" * 75_000,
+    "yaml": lambda: "DB_PASSWORD: " * 25_000,
+    "quoted": lambda: ("db" + 'Password="' + "x" * 50) * 5_000,
 }
 
 
@@ -562,6 +820,26 @@ _FRAGMENTS = [make() for makers in SAMPLES.values() for make in makers] + [
     "sk-",
     "ghp_",
     "[REDACTED:jwt]",
+    *(make()[0] for makers in IN_CONTEXT.values() for make in makers),
+    "PGPASS" + "WORD=",
+    "mysql -p",
+    " -p",
+    "JWT_" + "SECRET=",
+    "JWT_" + "SECRET: ",
+    "SharedAccess" + "Key=",
+    "&si" + "g=",
+    ";Pass" + "word=",
+    "hf_",
+    "npm_",
+    ":_auth" + "Token=",
+    "'",
+    '"',
+    "{",
+    "}",
+    "#",
+    ";",
+    "=",
+    "$",
     "\r\n",
     "\n",
     " ",
@@ -604,6 +882,40 @@ def test_redaction_removes_everything_scan_finds(text: str) -> None:
     assert scan(redacted) == []
     if not findings:
         assert redacted == text
+
+
+_TASK_FRAGMENTS = [
+    *_FRAGMENTS,
+    "### Current Task\n",
+    "## Next\n",
+    "\u200b",
+    "\u202e",
+    "\x1b[0m",
+    "<b>",
+    "- ",
+    "word " * 24,
+]
+
+
+@st.composite
+def _task_texts(draw: st.DrawFn) -> str:
+    parts = draw(
+        st.lists(
+            st.one_of(st.text(max_size=30), st.sampled_from(_TASK_FRAGMENTS)),
+            max_size=12,
+        )
+    )
+    return "".join(parts)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_task_texts())
+def test_redaction_also_cleans_the_task_line(text: str) -> None:
+    findings = scan(text, derived=task_line)
+    _check_findings_shape(text, findings)
+    redacted = redact(text, findings)
+    assert scan(task_line(redacted)) == []
+    assert scan(redacted) == []
 
 
 @settings(max_examples=50, deadline=None)

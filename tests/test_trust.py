@@ -54,6 +54,7 @@ def hook(device: Device, tmp_path: Path) -> str:
         config=device.config,
     )
     assert result.returncode == 0, result.stderr
+    assert result.stdout or result.stderr == "", result.stderr
     return result.stdout
 
 

@@ -44,6 +44,7 @@ def collect(config: Config) -> dict[str, Any]:
                 "draft_problem": data["draft_problem"],
                 "last_inline": data["last_inline"],
                 "inline_problem": data["inline_problem"],
+                "untrusted": state.untrusted,
             }
         )
     installed, plugin_message = plugin.installed_status()
@@ -55,6 +56,41 @@ def collect(config: Config) -> dict[str, Any]:
         "plugin": {"installed": installed, "message": plugin_message},
         "repos": repos,
     }
+
+
+_WHAT_THEY_ARE = {
+    "foreign": (
+        "sealed with a key this device lacks: another person using convosyncd on this repo, "
+        "or one of your devices whose key was never imported here (`convosyncd key show` "
+        "there, `convosyncd key import` here)"
+    ),
+    "forged": "name your key but do not open: damaged, or forged by someone who can push",
+    "damaged": "not handoff files convosyncd can read",
+    "unverified": "plain text from convosyncd 0.1 or written by hand: never verified",
+}
+
+
+def untrusted_lines(untrusted: dict[str, dict[str, Any]]) -> list[str]:
+    """What ``status`` says of files on the sync branch that are not the person's."""
+    if not untrusted:
+        return []
+    counts = []
+    kinds: set[str] = set()
+    for device, survey in sorted(untrusted.items()):
+        parts = [f"{survey[kind]} {kind}" for kind in _WHAT_THEY_ARE if survey.get(kind)]
+        kinds.update(kind for kind in _WHAT_THEY_ARE if survey.get(kind))
+        counts.append(f"{device}: {', '.join(parts)}")
+    lines = [
+        f"  not yours     {'; '.join(counts)}",
+        "                these files do not open under your sync key, so they are never "
+        "shown, notified or handed to the assistant:",
+    ]
+    lines += [
+        f"                {kind}: {_WHAT_THEY_ARE[kind]}"
+        for kind in _WHAT_THEY_ARE
+        if kind in kinds
+    ]
+    return lines
 
 
 def _event(value: dict[str, str] | None, empty: str = "never") -> str:
@@ -91,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  last error    {_event(repo['last_error'], 'none')}")
         if repo["draft_problem"]:
             print(f"  draft         {_event(repo['draft_problem'])}")
+        for line in untrusted_lines(repo["untrusted"]):
+            print(line)
         if repo["mode"] == "inline":
             print(f"  inline        {_event(repo['last_inline'])}")
             if repo["inline_problem"]:

@@ -20,7 +20,7 @@ from typing import Literal
 from convosyncd import draft as drafts
 from convosyncd import state as states
 from convosyncd.errors import ConvosyncError
-from convosyncd.handoff import DRAFT_NAME, Provenance, render_stored, task_line
+from convosyncd.handoff import DRAFT_NAME, Provenance, clean_text, render_stored, task_line
 from convosyncd.layout import handoff_location, parse_name
 from convosyncd.seal import seal_handoff
 from convosyncd.sync.repo import ATTEMPTS, SyncedRepo, now_text
@@ -115,7 +115,7 @@ class Publisher:
                 )
                 self._finish_draft(draft)
                 return PublishResult("duplicate", name=published[digest])
-            text = self._screen_secrets(draft)
+            text = self._screen_secrets(draft, clean_text(draft.text))
             head = repo.tree.head()
             created = datetime.now(timezone.utc)
             location = handoff_location(device, created, digest)
@@ -178,13 +178,16 @@ class Publisher:
             )
         self._first_seen = None
 
-    def _screen_secrets(self, draft: drafts.Draft) -> str:
+    def _screen_secrets(self, draft: drafts.Draft, text: str) -> str:
+        """``text`` (the draft, cleaned as every receiver will clean it, so that a token
+        split by an invisible character is seen whole) with secrets redacted, or
+        :class:`DraftRefused` if the config says to block them."""
         from convosyncd import secretscan
 
         repo = self.repo
-        findings = secretscan.scan(draft.text)
+        findings = secretscan.scan(text, derived=task_line)
         if not findings:
-            return draft.text
+            return text
         where = secretscan.describe(findings)
         if repo.config.secrets == "block":
             raise drafts.DraftRefused(
@@ -199,7 +202,7 @@ class Publisher:
                 f"convosyncd redacted secrets in {repo.repo.path.name}",
                 f"Replaced before publishing: {where}",
             )
-        return secretscan.redact(draft.text, findings)
+        return secretscan.redact(text, findings)
 
     def _draft_problem(
         self, refusal: drafts.DraftRefused, signature: drafts.Signature | None = None
