@@ -116,11 +116,13 @@ def files_under(root: Path, *, skip: Path) -> dict[Path, bytes]:
 
 
 def _split_token() -> tuple[str, list[str], str, str]:
-    # A zero-width space splits the GitHub token in the draft; the task line (front
-    # matter, commit message, log, notifications) drops it and would show it whole.
+    # A zero-width space splits the GitHub token in the draft; every receiver drops it
+    # (and the task line too) and would show the token whole, so the draft is cleaned
+    # the same way before it is scanned: the token is found, and only it is replaced.
     token = SAMPLES["github-token"][0]()
     task = f"Rotate {token[:20]}\u200b{token[20:]} after the deploy"
-    return task, [token, token[:20], token[20:]], "[REDACTED:github-token]", "github-token"
+    shown = "Rotate [REDACTED:github-token] after the deploy"
+    return task, [token, token[:20], token[20:]], shown, "github-token"
 
 
 def _plain_token() -> tuple[str, list[str], str, str]:

@@ -50,7 +50,8 @@ def hook(device: Device, tmp_path: Path) -> str:
     shim = make_shim(tmp_path / "bin")
     git_folder = Path(git(device.repo, "--exec-path")).parents[2] / "bin"
     result = run_session_start(
-        device.repo, path=[shim.parent, git_folder, Path("/usr/bin"), Path("/bin")],
+        device.repo,
+        path=[shim.parent, git_folder, Path("/usr/bin"), Path("/bin")],
         config=device.config,
     )
     assert result.returncode == 0, result.stderr
@@ -217,8 +218,12 @@ def fast_import(remote: Path, files: dict[str, bytes], message: str = "intruder"
         b"data %d\n%s\nfrom %s\n%s\n" % (len(message), message.encode(), tip.encode(), lines)
     )
     subprocess.run(
-        ["git", "fast-import", "--quiet"], cwd=remote, input=b"".join(chunks), check=True,
-        capture_output=True, timeout=300,
+        ["git", "fast-import", "--quiet"],
+        cwd=remote,
+        input=b"".join(chunks),
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
 
 
