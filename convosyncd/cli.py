@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from convosyncd import __version__
+from convosyncd import __version__, logs
 from convosyncd.commands import (
     add_remove,
     demo,
@@ -83,7 +83,7 @@ def _write_crash_report(argv: Sequence[str] | None) -> Path:
     folder = default_state_dir()
     path = folder / "crash.log"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        logs.make_room(path)  # rotated like the log, 0600 in an owner-only folder
         with path.open("a", encoding="utf-8") as handle:
             handle.write(f"--- {datetime.now(timezone.utc).isoformat()} convosyncd {__version__}\n")
             handle.write(f"python {sys.version.split()[0]} argv {list(argv or sys.argv[1:])}\n")
