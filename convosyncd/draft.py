@@ -72,22 +72,23 @@ def _open_folder(folder: Path) -> int | None:
     """The draft's folder, opened without following a symbolic link; None if missing."""
     try:
         return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return None
     except OSError as error:
-        if error.errno != errno.ELOOP:
-            raise DraftRefused(
-                f"cannot open {folder}: {error.strerror}; check its permissions"
-            ) from None
+        problem = error  # a link fails as ELOOP or ENOTDIR, depending on the system
     try:
-        target = os.readlink(folder)
+        target: str | None = os.readlink(folder)
     except OSError:
-        target = "?"
-    raise DraftRefused(
-        f"{folder} is a symbolic link (to {target}); convosyncd publishes only a draft in "
-        "the repo's own folder, so nothing it points at can leave the machine: replace the "
-        "link with a real folder"
-    )
+        target = None
+    if target is not None:
+        raise DraftRefused(
+            f"{folder} is a symbolic link (to {target}); convosyncd publishes only a draft "
+            "in the repo's own folder, so nothing it points at can leave the machine: "
+            "replace the link with a real folder"
+        )
+    if problem.errno == errno.ENOTDIR:
+        return None  # a file where the folder should be: no draft in it
+    raise DraftRefused(f"cannot open {folder}: {problem.strerror}; check its permissions")
 
 
 def read(path: Path, max_bytes: int) -> Draft | None:
