@@ -22,7 +22,9 @@ def add_parser(subparsers: Any) -> None:
     )
     add.add_argument("--branch", default="convosync", help="the sync branch (default: convosync)")
     add.set_defaults(handler=run_add)
-    remove = subparsers.add_parser("remove", help="stop syncing a repo (its handoffs stay)")
+    remove = subparsers.add_parser(
+        "remove", help="stop syncing a repo and delete its state (its handoffs stay)"
+    )
     remove.add_argument("path", type=Path, help="a registered repo")
     remove.set_defaults(handler=run_remove)
 
