@@ -21,7 +21,7 @@ import os
 import select
 import sys
 import time
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,7 +63,7 @@ class Loaded:
         kept = tuple(item for item in self.keys if item != key)
         return Loaded(self.repo, (*kept, key)[-REMEMBERED:])
 
-    def keeping(self, present: Container[str]) -> Loaded:
+    def keeping(self, present: set[str]) -> Loaded:
         """Only the keys in ``present``: a handoff taken off the sync branch (forgotten,
         purged) is remembered no longer."""
         return Loaded(self.repo, tuple(key for key in self.keys if key in present))
