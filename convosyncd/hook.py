@@ -128,7 +128,7 @@ def on_branch(git: Git, tip: str | None, keys: Iterable[str]) -> set[str]:
             "--",
             *(f"{HANDOFFS_DIR}/{device}/" for device in devices),
         )
-    except ConvosyncError:
+    except (ConvosyncError, OSError):
         return wanted
     present = set()
     for path in listing.stdout.decode("utf-8", "surrogateescape").split("\0"):
