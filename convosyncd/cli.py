@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from convosyncd import __version__
+from convosyncd import __version__, logs
 from convosyncd.commands import (
     add_remove,
     demo,
@@ -92,7 +92,7 @@ def _write_crash_report(argv: Sequence[str] | None) -> Path:
     folder = default_state_dir()
     path = folder / "crash.log"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        logs.make_room(path)  # rotated like the log, 0600 in an owner-only folder
         with path.open("a", encoding="utf-8") as handle:
             handle.write(report)
     except OSError as problem:

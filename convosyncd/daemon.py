@@ -36,7 +36,7 @@ from typing import Any
 from filelock import FileLock
 
 from convosyncd import config as configs
-from convosyncd import daemon_lock
+from convosyncd import daemon_lock, housekeeping
 from convosyncd import state as states
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import ConfigError, ConvosyncError
@@ -140,6 +140,7 @@ class Daemon:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.acquire_lock()
+        housekeeping.tidy_state(self.config.state_dir, [repo.path for repo in self.config.repos])
         # APScheduler warns when a job's run is skipped because the previous one is still
         # going; the publish job catches that itself (see _publish), so only errors show.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -159,6 +160,17 @@ class Daemon:
             self._scheduler.start()
             self._apply(self.config)
             self._submit(self._check_config, "config", "interval", seconds=5)
+            # Loose objects are counted (and packed when many) with the first poll round,
+            # then daily; in the pool, so a publish never waits for a pack.
+            self._submit(
+                self._pack,
+                "pack",
+                "interval",
+                seconds=housekeeping.PACK_INTERVAL,
+                args=("pack",),
+                next_run_time=datetime.now().astimezone()
+                + timedelta(seconds=self.config.pull_interval),
+            )
             log.info(
                 "convosyncd running as device %s with %d repo(s); config %s",
                 self.config.device,
@@ -458,6 +470,14 @@ class Daemon:
             self._schedule_push(entry)
         else:
             entry.push_failures = 0
+
+    @guarded
+    def _pack(self, key: str) -> None:
+        """Pack each repo's loose git objects where there are many (see housekeeping)."""
+        for entry in list(self.repos.values()):
+            if self.stopping.is_set():
+                return
+            housekeeping.pack_repo(entry.sync.git)
 
     # -- config ---------------------------------------------------------------------
 

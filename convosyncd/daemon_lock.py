@@ -12,6 +12,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from convosyncd.errors import AlreadyRunning
+from convosyncd.state import FILE_MODE, make_folders
 
 LOCK_NAME = "daemon.lock"
 
@@ -23,8 +24,8 @@ def lock_path(state_dir: Path) -> Path:
 def acquire(state_dir: Path) -> FileLock:
     """Take the daemon lock of ``state_dir``; :class:`AlreadyRunning` if it is held."""
     path = lock_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+    make_folders(state_dir)
+    lock = FileLock(str(path), mode=FILE_MODE)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -41,7 +42,7 @@ def daemon_running(state_dir: Path) -> bool:
     path = lock_path(state_dir)
     if not path.exists():
         return False
-    lock = FileLock(str(path))
+    lock = FileLock(str(path), mode=FILE_MODE)
     try:
         lock.acquire(timeout=0)
     except Timeout:

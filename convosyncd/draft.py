@@ -2,8 +2,10 @@
 
 A draft is refused, and left exactly where it is, when it is a symbolic link, a folder
 or anything but a regular file (a FIFO must never block the daemon), larger than
-``max_draft_bytes``, not UTF-8, holds NUL bytes, or is empty. A draft is removed only
-when it is still the very file that was published.
+``max_draft_bytes``, not UTF-8, holds NUL bytes, or is empty, and when the folder it is
+in is a symbolic link (``.convosync`` pointing elsewhere): the folder is opened without
+following a link, and the draft is read through that open folder. A draft is removed
+only when it is still the very file that was published.
 """
 
 from __future__ import annotations
@@ -66,14 +68,50 @@ def peek(path: Path) -> os.stat_result | None:
         return None
 
 
+def _open_folder(folder: Path) -> int | None:
+    """The draft's folder, opened without following a symbolic link; None if missing."""
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        problem = error  # a link fails as ELOOP or ENOTDIR, depending on the system
+    try:
+        target: str | None = os.readlink(folder)
+    except OSError:
+        target = None
+    if target is not None:
+        raise DraftRefused(
+            f"{folder} is a symbolic link (to {target}); convosyncd publishes only a draft "
+            "in the repo's own folder, so nothing it points at can leave the machine: "
+            "replace the link with a real folder"
+        )
+    if problem.errno == errno.ENOTDIR:
+        return None  # a file where the folder should be: no draft in it
+    raise DraftRefused(f"cannot open {folder}: {problem.strerror}; check its permissions")
+
+
 def read(path: Path, max_bytes: int) -> Draft | None:
     """Read the draft at ``path``; None if absent, :class:`DraftRefused` if unusable."""
-    status = peek(path)
-    if status is None:
+    folder = _open_folder(path.parent)
+    if folder is None:
+        return None
+    try:
+        return _read_in(folder, path, max_bytes)
+    finally:
+        os.close(folder)
+
+
+def _read_in(folder: int, path: Path, max_bytes: int) -> Draft | None:
+    """:func:`read`, with the draft's folder open as ``folder``."""
+    name = path.name
+    try:
+        status = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
         return None
     if stat.S_ISLNK(status.st_mode):
         try:
-            target = os.readlink(path)
+            target = os.readlink(name, dir_fd=folder)
         except OSError:
             target = "?"
         raise DraftRefused(
@@ -88,7 +126,9 @@ def read(path: Path, max_bytes: int) -> Draft | None:
         )
     _check_size(path, status.st_size, max_bytes)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder
+        )
     except FileNotFoundError:
         return None
     except OSError as error:

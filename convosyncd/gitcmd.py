@@ -2,8 +2,9 @@
 
 Every git process runs in its own session (so a timeout can kill git *and* the ssh it
 started), with standard input closed, terminal and GUI prompts disabled, ssh in batch
-mode, the person's hooks bypassed (the sync branch is the daemon's own business) and
-automatic gc off (a daemon must not spend minutes packing someone's repo on a whim).
+mode, the person's hooks and fsmonitor bypassed (the sync branch is the daemon's own
+business) and automatic gc off (a daemon must not spend minutes packing someone's repo on
+a whim; it packs only its own loose objects, see :mod:`convosyncd.housekeeping`).
 Credentials in remote URLs are masked in every message this module produces.
 """
 
@@ -63,6 +64,10 @@ _GIT_OPTIONS = (
     "gc.auto=0",
     "-c",
     "maintenance.auto=false",
+    # A repo's fsmonitor is a program of its own choosing (a hook script, or git's
+    # daemon): none of it may run inside convosyncd, which never needs to scan the work tree.
+    "-c",
+    "core.fsmonitor=false",
     "-c",
     "fetch.recurseSubmodules=false",
     "-c",

@@ -31,13 +31,13 @@ from typing import Any, BinaryIO, TextIO
 from convosyncd import config as configs
 from convosyncd import keys
 from convosyncd import state as states
-from convosyncd.atomic import write_atomically
 from convosyncd.catalog import Catalog
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import ConvosyncError
 from convosyncd.gitcmd import Git
 from convosyncd.gitstore import SyncBranch
 from convosyncd.handoff import Handoff, clip, describe_age, parse_time, plain_text
+from convosyncd.layout import HANDOFFS_DIR
 from convosyncd.worktree import HeadInfo, WorkTree
 
 HOOK_EVENT = "SessionStart"
@@ -68,6 +68,11 @@ class Loaded:
         kept = tuple(item for item in self.keys if item != key)
         return Loaded(self.repo, (*kept, key)[-REMEMBERED:])
 
+    def keeping(self, present: set[str]) -> Loaded:
+        """Only the keys in ``present``: a handoff taken off the sync branch (forgotten,
+        purged) is remembered no longer."""
+        return Loaded(self.repo, tuple(key for key in self.keys if key in present))
+
 
 def key_of(handoff: Handoff) -> str:
     """``desktop/20261123T224535.123Z-3f2a9c1d0e4b.md``: a handoff's identity."""
@@ -76,7 +81,7 @@ def key_of(handoff: Handoff) -> str:
 
 def loaded_file(state_dir: Path, repo_path: Path) -> Path:
     """Where the loaded handoffs of the repo at ``repo_path`` are remembered."""
-    return state_dir / "loaded" / states.state_file(state_dir, repo_path).name
+    return states.loaded_file(state_dir, repo_path)
 
 
 def read_loaded(path: Path, repo_path: Path) -> Loaded:
@@ -96,9 +101,46 @@ def read_loaded(path: Path, repo_path: Path) -> Loaded:
 
 
 def write_loaded(path: Path, loaded: Loaded, device: str) -> None:
-    """Remember ``loaded`` atomically."""
+    """Remember ``loaded`` atomically, in ``path`` (``<state dir>/loaded/<file>``)."""
     data = {"version": VERSION, "repo": loaded.repo, "device": device, "loaded": list(loaded.keys)}
-    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"), durable=False)
+    text = (json.dumps(data, indent=2) + "\n").encode("utf-8")
+    states.write_private(path, text, state_dir=path.parent.parent, durable=False)
+
+
+def on_branch(git: Git, tip: str | None, keys: Iterable[str]) -> set[str]:
+    """Which of ``keys`` (``device/name``) still name a handoff on the sync branch at ``tip``.
+
+    One ``ls-tree`` of the folders of the devices named, whatever their layout inside
+    (files straight in the folder, or in folders below it). Run only when the loaded
+    file is rewritten, that is when a handoff has just been handed over. When git cannot
+    tell, every key counts as present: forgetting one too many would hand a handoff over
+    twice.
+    """
+    wanted = set(keys)
+    if tip is None:
+        return set()
+    devices = sorted({key.split("/", 1)[0] for key in wanted if "/" in key})
+    if not devices:
+        return set()
+    try:
+        listing = git.run(
+            "--literal-pathspecs",
+            "ls-tree",
+            "-r",
+            "-z",
+            "--name-only",
+            tip,
+            "--",
+            *(f"{HANDOFFS_DIR}/{device}/" for device in devices),
+        )
+    except (ConvosyncError, OSError):
+        return wanted
+    present = set()
+    for path in listing.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        parts = path.split("/")
+        if len(parts) >= 3:
+            present.add(f"{parts[1]}/{parts[-1]}")
+    return wanted & present
 
 
 def by_date(handoff: Handoff) -> tuple[datetime, str, str]:
@@ -351,9 +393,11 @@ def _run(args: argparse.Namespace) -> int:
     sys.stdout.write(hook_output(context, handoff, now) + "\n")
     sys.stdout.flush()
     # Remember only once it is out: a handoff that never reached the assistant is
-    # handed over next time.
+    # handed over next time. What is no longer on the branch is forgotten meanwhile.
+    remembered = loaded.adding(key_of(handoff))
+    present = on_branch(git, branch.tip(), remembered.keys) | {key_of(handoff)}
     try:
-        write_loaded(memory, loaded.adding(key_of(handoff)), config.device)
+        write_loaded(memory, remembered.keeping(present), config.device)
     except OSError as error:
         hint(
             f"cannot remember the loaded handoff in {memory} ({error.strerror}); "

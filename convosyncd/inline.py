@@ -226,6 +226,7 @@ class InlineBranch:
 
     def record(self, handoffs: Sequence[Handoff], identity: Identity) -> Recorded:
         """Commit the handoffs file on the current branch if it changed; never raises Skip."""
+        self.tree.check_folder()  # nothing is committed for a file that cannot be written
         try:
             return self._record(handoffs, identity)
         except Skip as skip:

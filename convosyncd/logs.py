@@ -5,18 +5,23 @@ timestamp of their own, since the journal adds one, and start with the ``<N>`` p
 prefix journald turns into the entry's priority (``journalctl -p warning`` works).
 Elsewhere they carry a timestamp, and the daemon also keeps them in a rotating file in
 its state folder (:data:`LOG_NAME`), which is where to look under launchd or after a
-terminal was closed.
+terminal was closed. ``crash.log`` rotates the same way (:func:`make_room`). Both are
+created readable by their owner only, in an owner-only folder: log lines name repos and
+handoff tasks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from convosyncd.masking import mask_credentials
+from convosyncd.state import FILE_MODE, make_folders
 
 LOG_NAME = "convosyncd.log"
 """The daemon's log file in the state folder (when not under journald)."""
@@ -76,6 +81,47 @@ def under_journal() -> bool:
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
 
 
+def _private(path: str, flags: int) -> int:
+    """``open``'s opener for a file that only its owner may read, whatever the umask."""
+    return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """The standard rotating file, created 0600 (each new file after a rotation too)."""
+
+    def _open(self) -> Any:
+        return open(
+            self.baseFilename,
+            self.mode,
+            encoding=self.encoding,
+            errors=self.errors,
+            opener=_private,
+        )
+
+
+def rotating_file(path: Path, *, delay: bool = False) -> PrivateRotatingFileHandler:
+    """The handler that keeps ``path`` at :data:`LOG_BYTES`, with :data:`LOG_BACKUPS`
+    older files (``path.1`` the newest of them), its folder created owner-only."""
+    make_folders(path.parent)
+    return PrivateRotatingFileHandler(
+        path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8", delay=delay
+    )
+
+
+def make_room(path: Path) -> None:
+    """Get ``path`` ready to be appended to, rotated like the log: once it holds
+    :data:`LOG_BYTES`, it becomes ``path.1`` (``path.1`` becomes ``path.2``..., the
+    oldest beyond :data:`LOG_BACKUPS` goes), and a missing file is created 0600."""
+    handler = rotating_file(path, delay=True)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size >= LOG_BYTES:
+                handler.doRollover()
+        os.close(_private(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    finally:
+        handler.close()
+
+
 def log_file(state_dir: Path) -> Path:
     """Where the daemon keeps its log lines when not under journald."""
     return state_dir / LOG_NAME
@@ -94,12 +140,7 @@ def setup(*, verbose: bool = False, daemon: bool = False, state_dir: Path | None
     if state_dir is not None and not journal:
         path = log_file(state_dir)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handlers.append(
-                logging.handlers.RotatingFileHandler(
-                    path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
-                )
-            )
+            handlers.append(rotating_file(path))
         except OSError as error:
             problem = f"cannot write the log file {path} ({error.strerror}); logging to stderr"
     if not handlers or os.environ.get(STDERR_SWITCH, "").lower() != "no":

@@ -169,6 +169,9 @@ def render_plist(command: Sequence[str], *, log_dir: Path) -> bytes:
         # Restarted when it exits with a failure, like systemd's Restart=on-failure.
         "KeepAlive": {"SuccessfulExit": False},
         "ThrottleInterval": 10,
+        # The unit's UMask=0077: what the daemon creates is the person's alone. launchd
+        # takes the umask as a plain integer (0o077).
+        "Umask": 0o077,
         "EnvironmentVariables": {
             "PATH": launchd_search_path(command),
             # Log lines go to the rotating file in the state folder; launchd's own file
@@ -220,7 +223,28 @@ def launchd_problems(data: Any) -> list[str]:
     throttle = data.get("ThrottleInterval", 10)
     if isinstance(throttle, bool) or not isinstance(throttle, int):
         problems.append("ThrottleInterval must be a whole number of seconds")
+    if "Umask" in data and _launchd_umask(data["Umask"]) is None:
+        problems.append(
+            "Umask must be an integer from 0 to 511 (plists have no octal: 63 is 077), "
+            'or a string strtoul(3) reads, such as "077"'
+        )
     return problems
+
+
+def _launchd_umask(value: Any) -> int | None:
+    """The umask launchd reads from a plist's ``Umask`` (launchd.plist(5)), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        base = 16 if text.lower().startswith("0x") else 8 if text.startswith("0") else 10
+        try:
+            value = int(text, base)
+        except ValueError:
+            return None
+    if isinstance(value, int) and 0 <= value <= 0o777:
+        return value
+    return None
 
 
 # -- steps ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What the daemon remembers between runs, one small JSON file per repo.
+"""What the daemon remembers between runs, one small JSON file per repo, and the state
+folder that holds it.
 
 ``<state dir>/repos/<name>-<hash>.json`` holds the last publish, push, poll and error
 (for ``status``), and ``notified_through``: the sync-branch commit whose handoffs have
@@ -6,17 +7,24 @@ all been considered for a notification, so that none is ever raised twice, even 
 a restart. The file is replaced atomically; a corrupt or truncated one is set aside
 (``.corrupt``), logged, and replaced by a fresh state that notifies nothing already
 on the local branch.
+
+The state folder tells what the person worked on (repo paths, handoff tasks in the
+log), so it is theirs alone: folders 0700, files 0600, created so and put right by
+:func:`make_private`. Everything in it that belongs to one repo (:func:`repo_files`)
+goes when the repo is removed (:func:`forget_repo`, :func:`forget_unregistered`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,13 @@ from convosyncd.atomic import write_atomically
 log = logging.getLogger(__name__)
 
 VERSION = 1
+
+FOLDER_MODE = 0o700
+"""The state folder and its subfolders: the owner's alone."""
+FILE_MODE = 0o600
+"""Every file in the state folder."""
+REPOS_DIR = "repos"
+LOADED_DIR = "loaded"
 
 
 @dataclass
@@ -123,12 +138,17 @@ def state_file(state_dir: Path, repo_path: Path) -> Path:
     """Where the state of the repo at ``repo_path`` lives."""
     digest = hashlib.sha256(str(repo_path).encode("utf-8", "surrogateescape")).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", repo_path.name)[:40] or "repo"
-    return state_dir / "repos" / f"{name}-{digest}.json"
+    return state_dir / REPOS_DIR / f"{name}-{digest}.json"
 
 
 def lock_file(state_dir: Path, repo_path: Path) -> Path:
     """The lock that keeps two processes from changing one repo's sync branch at once."""
     return state_file(state_dir, repo_path).with_suffix(".lock")
+
+
+def loaded_file(state_dir: Path, repo_path: Path) -> Path:
+    """Where the session-start hook remembers which handoffs it handed over for the repo."""
+    return state_dir / LOADED_DIR / state_file(state_dir, repo_path).name
 
 
 def load(path: Path, *, repair: bool = True) -> tuple[RepoState, bool]:
@@ -189,9 +209,10 @@ def save_polls(state_dir: Path, polls: Mapping[str, Event]) -> None:
             path: {"time": event.time, "message": event.message} for path, event in polls.items()
         },
     }
-    write_atomically(
+    write_private(
         polls_file(state_dir),
         json.dumps(data, sort_keys=True).encode("utf-8") + b"\n",
+        state_dir=state_dir,
         durable=False,
     )
 
@@ -227,6 +248,133 @@ def encode(state: RepoState) -> bytes:
 def save(
     path: Path, state: RepoState, *, durable: bool = True, encoded: bytes | None = None
 ) -> None:
-    """Store ``state`` at ``path`` atomically (flushed to disk if ``durable``);
-    ``encoded`` is ``encode(state)`` when the caller has it already."""
-    write_atomically(path, encoded if encoded is not None else encode(state), durable=durable)
+    """Store ``state`` at ``path`` (``<state dir>/repos/<file>``) atomically, flushed to
+    disk if ``durable``; ``encoded`` is ``encode(state)`` when the caller has it already."""
+    data = encoded if encoded is not None else encode(state)
+    write_private(path, data, state_dir=path.parent.parent, durable=durable)
+
+
+# -- the state folder ------------------------------------------------------------------
+
+
+def make_folders(state_dir: Path, folder: Path | None = None) -> None:
+    """Create the state folder and ``folder`` inside it, if missing, owner-only.
+
+    Only the state folder and what is below it: the folders above it (``~/.local/state``)
+    are the platform's, created with the usual permissions when missing.
+    """
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=FOLDER_MODE, exist_ok=True)
+    if folder is not None and folder != state_dir:
+        folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+
+
+def write_private(path: Path, data: bytes, *, state_dir: Path, durable: bool = True) -> None:
+    """Replace ``path``, a file in ``state_dir``, atomically: always 0600, in folders
+    created 0700 (the daemon also puts older files right at start, :func:`make_private`)."""
+    try:
+        write_atomically(
+            path, data, mode=FILE_MODE, durable=durable, make_parents=False, keep_mode=False
+        )
+    except FileNotFoundError:
+        # Only the first write into a fresh state folder gets here: no extra system call
+        # on the path every idle poll takes.
+        make_folders(state_dir, path.parent)
+        write_atomically(
+            path, data, mode=FILE_MODE, durable=durable, make_parents=False, keep_mode=False
+        )
+
+
+def make_private(state_dir: Path) -> list[Path]:
+    """Make everything in ``state_dir`` its owner's alone: folders 0700, files 0600.
+
+    For a state folder made before convosyncd kept it private, or by hand. Symbolic links
+    are neither followed nor changed. Returns what was changed; what cannot be changed
+    (a file someone else owns) is logged and left.
+    """
+    changed: list[Path] = []
+    make_folders(state_dir)
+    for folder, _folders, files in os.walk(state_dir):
+        base = Path(folder)
+        for path, wanted in [(base, FOLDER_MODE)] + [(base / name, FILE_MODE) for name in files]:
+            try:
+                status = os.lstat(path)
+                if stat.S_ISLNK(status.st_mode) or stat.S_IMODE(status.st_mode) == wanted:
+                    continue
+                if not (stat.S_ISDIR(status.st_mode) or stat.S_ISREG(status.st_mode)):
+                    continue  # a socket or a FIFO: its mode is its creator's business
+                os.chmod(path, wanted)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                log.warning(
+                    "cannot make %s private (%s); `chmod %o %s` would",
+                    path,
+                    error.strerror,
+                    wanted,
+                    path,
+                )
+                continue
+            changed.append(path)
+    return changed
+
+
+def repo_files(state_dir: Path, repo_path: Path) -> list[Path]:
+    """Every file the state folder may hold for the repo at ``repo_path``."""
+    state = state_file(state_dir, repo_path)
+    return [
+        state,
+        state.with_name(state.name + ".corrupt"),
+        lock_file(state_dir, repo_path),
+        loaded_file(state_dir, repo_path),
+    ]
+
+
+_OWNER = re.compile(r"(?P<owner>.+-[0-9a-f]{12})(?:\.json|\.json\.corrupt|\.lock)")
+
+
+def _owner(name: str) -> str:
+    """The ``<name>-<hash>`` a file of ``repos/`` or ``loaded/`` belongs to ('' for a
+    file convosyncd did not name): a repo's state, lock, set-aside and temporary files
+    all share it."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:].rsplit(".", 2)[0]  # .<file>.<pid>-<thread>.tmp (atomic.py)
+    match = _OWNER.fullmatch(name)
+    return match["owner"] if match else ""
+
+
+def forget_repo(state_dir: Path, repo_path: Path) -> list[Path]:
+    """Delete what the state folder holds for the repo at ``repo_path``; returns the
+    files deleted (``polls.json`` when the repo's entry was taken out of it)."""
+    removed = _remove_owned(state_dir, {state_file(state_dir, repo_path).stem}, keep=False)
+    polls = load_polls(state_dir)
+    if polls.pop(str(repo_path), None) is not None:
+        save_polls(state_dir, polls)
+        removed.append(polls_file(state_dir))
+    return removed
+
+
+def forget_unregistered(state_dir: Path, registered: Iterable[Path]) -> list[Path]:
+    """Delete the files of every repo not in ``registered``; returns those deleted."""
+    owners = {state_file(state_dir, path).stem for path in registered}
+    return _remove_owned(state_dir, owners, keep=True)
+
+
+def _remove_owned(state_dir: Path, owners: set[str], *, keep: bool) -> list[Path]:
+    """Delete the files of ``repos/`` and ``loaded/`` whose owner is in ``owners``
+    (``keep=False``) or is not (``keep=True``)."""
+    removed = []
+    for folder in (state_dir / REPOS_DIR, state_dir / LOADED_DIR):
+        try:
+            names = sorted(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            owner = _owner(name)
+            if not owner or (owner in owners) == keep:
+                continue
+            path = folder / name
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

@@ -1,9 +1,10 @@
 """Watching for drafts: one inotify watch per repo, never a whole work tree.
 
 Each repo's ``.convosync/`` folder is watched without recursion (its top folder instead,
-until ``.convosync/`` exists), and the config file's folder is watched for edits. An
-event only tells the daemon which repo to look at; the daemon reads the files itself,
-and polls them anyway, because a watcher can miss events.
+until ``.convosync/`` exists as a real folder, not a symbolic link), and the config
+file's folder is watched for edits. An event only tells the daemon which repo to look
+at; the daemon reads the files itself, and polls them anyway, because a watcher can miss
+events.
 """
 
 from __future__ import annotations
@@ -116,7 +117,11 @@ class DraftWatcher:
         replaced or created. False when the repo's folder is not there to watch.
         """
         convosync = repo / CONVOSYNC_DIR
-        target = convosync if convosync.is_dir() else repo
+        # A .convosync that is a symbolic link is refused (worktree.check_folder), never
+        # watched through: the top folder is, so that its replacement by a real folder
+        # is seen.
+        real = convosync.is_dir() and not convosync.is_symlink()
+        target = convosync if real else repo
         try:
             inode = target.stat().st_ino
         except OSError:

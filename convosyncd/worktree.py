@@ -3,12 +3,16 @@
 convosyncd writes only inside ``.convosync/`` (the handoffs file, ``device-id``), keeps
 that folder out of ``git status`` through ``.git/info/exclude`` (never the person's
 ``.gitignore``), and reads HEAD to record where a handoff was written. A file that the
-person's branch tracks is never written or removed.
+person's branch tracks is never written or removed. A ``.convosync`` that is a symbolic
+link is refused, never followed: what it points at is not the repo's, and a link that
+arrived with a checkout or a pull could send a handoff anywhere, or publish any file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +105,34 @@ class WorkTree:
                 f"{self.path} is no longer a git work tree (no .git): restore it, or "
                 f"`convosyncd remove {self.path}`"
             )
+        self.check_folder()
+
+    def check_folder(self) -> None:
+        """Refuse a ``.convosync`` that is a symbolic link or not a folder (one ``lstat``)."""
+        try:
+            status = os.lstat(self.folder)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(status.st_mode):
+            try:
+                target = os.readlink(self.folder)
+            except OSError:
+                target = "?"
+            raise UsageError(
+                f"{self.folder} is a symbolic link (to {target}); convosyncd neither reads "
+                "nor writes through it, so no handoff is published from it or delivered "
+                f"into it: replace it with a real folder (`rm {self.folder} && mkdir "
+                f"{self.folder}`)"
+            )
+        if not stat.S_ISDIR(status.st_mode):
+            raise UsageError(
+                f"{self.folder} is not a folder; convosyncd keeps its files in a folder of "
+                "that name: move that file away"
+            )
 
     def prepare(self, device: str) -> None:
         """Create ``.convosync/``, exclude it, and write ``device-id``."""
+        self.check_folder()
         self.folder.mkdir(exist_ok=True)
         self._exclude()
         tracked = self.tracked()
@@ -186,6 +215,7 @@ class WorkTree:
 
     def write_materialized(self, text: str) -> bool:
         """Write ``session-handoff.md`` if its content changed; False if left alone."""
+        self.check_folder()
         data = text.encode("utf-8")
         try:
             if self.materialized.read_bytes() == data:

@@ -72,3 +72,14 @@ def remote(tmp_path: Path) -> Path:
     from tests.support.devices import make_remote
 
     return make_remote(tmp_path)
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """The umask most people have (022): new files are world-readable unless made
+    otherwise, so a test of file modes cannot pass by the test runner's umask alone."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)

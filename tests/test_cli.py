@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.devices import Device, git, handoff_text, make_device, run_cli
+from convosyncd import state as states
+from tests.support.devices import Device, git, handoff_text, make_device, run_cli, snapshot
+
+EVENT = states.Event("2026-11-23T22:00:00Z", "nothing new")
 
 
 @pytest.fixture
@@ -82,6 +85,67 @@ def test_remove(desktop: Device) -> None:
     assert "[[repos]]" not in desktop.config.read_text(encoding="utf-8")
     result = desktop.cli("remove", str(desktop.repo))
     assert result.returncode == 2 and "is not registered" in result.stderr
+
+
+def _listed(path: Path) -> tuple[int, str]:
+    """The order ``remove`` lists what it deleted in: ``repos/`` first, by name."""
+    return (path.parent.name != "repos", path.name)
+
+
+def convosync_files(repo: Path) -> dict[str, bytes]:
+    folder = repo / ".convosync"
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_remove_deletes_the_repos_state_and_says_so_but_leaves_the_repo(
+    tmp_path: Path, remote: Path, desktop: Device
+) -> None:
+    other = make_device(tmp_path, remote, "other", register=False)
+    laptop = make_device(tmp_path, remote, "laptop")
+    laptop.write_draft(handoff_text("From the laptop"))
+    assert laptop.cli("sync").returncode == 0
+    for repo in (desktop.repo, other.repo):
+        assert desktop.cli("add", str(repo)).returncode == 0
+    assert desktop.cli("sync").returncode == 0
+    for repo in (desktop.repo, other.repo):
+        hooked = desktop.cli("resume", "--hook", cwd=repo)
+        assert "From the laptop" in hooked.stdout, hooked.stderr
+    # The daemon's poll times, as it records them; and two files convosyncd did not
+    # name, one of them named like a repo's but for no repo at all.
+    states.save_polls(desktop.state, {str(desktop.repo): EVENT, str(other.repo): EVENT})
+    strangers = [desktop.state / "repos" / "notes.txt", desktop.state / "loaded" / "app.json"]
+    for stranger in strangers:
+        stranger.write_text("mine\n", encoding="utf-8")
+    mine = states.repo_files(desktop.state, desktop.repo)
+    theirs = states.repo_files(desktop.state, other.repo)
+    assert mine[0].exists() and mine[3].exists(), "a state file and a loaded file to delete"
+    existed = sorted((path for path in mine if path.exists()), key=_listed)
+    before = snapshot(desktop.repo)
+    branch = git(desktop.repo, "rev-parse", "refs/heads/convosync")
+    exclude = (desktop.repo / ".git" / "info" / "exclude").read_bytes()
+    files = convosync_files(desktop.repo)
+
+    result = desktop.cli("remove", str(desktop.repo))
+
+    assert result.returncode == 0, result.stderr
+    names = ", ".join(str(path.relative_to(desktop.state)) for path in existed)
+    assert result.stdout.splitlines()[1] == (
+        f"Deleted its state in {desktop.state}: {names}, its entry in polls.json."
+    )
+    assert not any(path.exists() for path in mine)
+    assert theirs[0].exists() and theirs[3].exists(), "another repo's state stays"
+    assert all(stranger.exists() for stranger in strangers)
+    assert set(states.load_polls(desktop.state)) == {str(other.repo)}
+    # The repo, its sync branch and .convosync/ are the person's: all as they were.
+    assert snapshot(desktop.repo) == before
+    assert git(desktop.repo, "rev-parse", "refs/heads/convosync") == branch
+    assert (desktop.repo / ".git" / "info" / "exclude").read_bytes() == exclude
+    assert convosync_files(desktop.repo) == files
+
+    assert desktop.cli("add", str(desktop.repo)).returncode == 0
+    assert desktop.cli("remove", str(desktop.repo)).stdout.splitlines()[1] == (
+        f"It had no state in {desktop.state}."
+    )
 
 
 def test_sync_status_and_resume_between_two_devices(tmp_path: Path, remote: Path) -> None:

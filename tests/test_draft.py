@@ -111,3 +111,19 @@ def test_remove_only_if_unchanged(path: Path) -> None:
     again = drafts.read(path, LIMIT)
     assert again is not None and drafts.remove_if_unchanged(again) is True
     assert not path.exists()
+
+
+def test_a_draft_in_a_folder_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "session-handoff-draft.md").write_text("### Current Task\nSecret\n", "utf-8")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".convosync").symlink_to(outside)
+    with pytest.raises(DraftRefused, match=r"\.convosync is a symbolic link \(to .*outside\)"):
+        drafts.read(repo / ".convosync" / "session-handoff-draft.md", LIMIT)
+    (repo / ".convosync").unlink()
+    (repo / ".convosync").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DraftRefused, match="is a symbolic link"):
+        drafts.read(repo / ".convosync" / "session-handoff-draft.md", LIMIT)
+    assert (outside / "session-handoff-draft.md").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from convosyncd.errors import GitTimeout
 from convosyncd.gitcmd import run_git
-from tests.support.devices import git
+from tests.support.devices import git, handoff_text, make_device
 
 
 @pytest.fixture
@@ -58,3 +58,47 @@ def test_the_time_limit_kills_git_and_what_it_started(repo: Path, tmp_path: Path
     assert time.monotonic() - started < 10
     sleeper = int(pid_file.read_text(encoding="utf-8"))
     assert _state(sleeper) in ("gone", "Z"), "the command git started was killed too"
+
+
+def recording_fsmonitor(repo: Path, folder: Path) -> Path:
+    """Set the repo's ``core.fsmonitor`` to a script that records each run; its record."""
+    record = folder / "fsmonitor-ran"
+    script = folder / "fsmonitor.sh"
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{record}"\nexit 1\n', encoding="utf-8")
+    script.chmod(0o755)
+    git(repo, "config", "core.fsmonitor", str(script))
+    # The person's own git runs it (else the checks below would prove nothing).
+    git(repo, "status", "--porcelain")
+    assert record.exists(), "git status runs the fsmonitor"
+    record.unlink()
+    return record
+
+
+def test_a_repos_fsmonitor_never_runs_in_convosyncds_git_calls(repo: Path, tmp_path: Path) -> None:
+    record = recording_fsmonitor(repo, tmp_path)
+    for args in (["status", "--porcelain"], ["ls-files", "-z", "--", ".convosync"], ["diff"]):
+        run_git(args, cwd=repo, timeout=30)
+    assert not record.exists()
+
+
+def test_the_daemon_and_the_commands_never_run_a_repos_fsmonitor(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop", register=False)
+    laptop = make_device(tmp_path, remote, "laptop")
+    laptop.write_draft(handoff_text("From the laptop"))
+    assert laptop.cli("sync").returncode == 0
+    record = recording_fsmonitor(desktop.repo, tmp_path)
+
+    assert desktop.cli("add", str(desktop.repo)).returncode == 0
+    desktop.write_draft(handoff_text("Through the command"))
+    assert desktop.cli("sync").returncode == 0
+    assert "From the laptop" in desktop.cli("resume", "--hook", cwd=desktop.repo).stdout
+    assert desktop.cli("status").returncode == 0
+    daemon = desktop.start()
+    try:
+        desktop.write_draft(handoff_text("Through the daemon"))
+        daemon.wait_for_log(r"published desktop/\S+ \(Through the daemon\)")
+    finally:
+        assert daemon.stop() == 0
+    assert not record.exists(), record.read_text(encoding="utf-8")

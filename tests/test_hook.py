@@ -78,6 +78,12 @@ def test_loaded_memory_is_bounded_and_keeps_the_latest() -> None:
     assert "desktop/0.md" not in loaded
 
 
+def test_loaded_memory_keeps_only_what_is_present() -> None:
+    loaded = Loaded("/src/app", ("desktop/a.md", "phone/b.md", "desktop/c.md"))
+    assert loaded.keeping({"desktop/c.md", "phone/z.md"}).keys == ("desktop/c.md",)
+    assert loaded.keeping(set()).keys == ()
+
+
 def test_clip_cuts_on_a_character_boundary() -> None:
     assert clip("héllo", 100) == ("héllo", False)
     text, clipped = clip("ééé", 3)
@@ -399,3 +405,55 @@ def test_a_stale_local_copy_is_said_once_and_never_blocks(desktop: Device, lapto
     context = parse_hook_output(hook(laptop))["hookSpecificOutput"]["additionalContext"]
     assert "- Newer handoffs may exist: convosyncd last checked the remote" in context
     assert "is the daemon running" in context
+
+
+def context_of(output: str) -> str:
+    context: str = parse_hook_output(output)["hookSpecificOutput"]["additionalContext"]
+    return context
+
+
+def take_off_the_branch(repo: Path, name: str, tmp_path: Path) -> None:
+    """Commit, on ``repo``'s local sync branch, a tree without the handoff file ``name``:
+    what forgetting a handoff does, wherever its layout puts the file."""
+    [path] = [
+        line
+        for line in git(repo, "ls-tree", "-r", "--name-only", "refs/heads/convosync").splitlines()
+        if line.endswith(f"/{name}")
+    ]
+    env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "forget-index")}
+
+    def run(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=True
+        )
+        return result.stdout.strip()
+
+    tip = run("rev-parse", "refs/heads/convosync")
+    run("read-tree", tip)
+    run("rm", "--cached", "--quiet", "--", path)
+    commit = run("commit-tree", run("write-tree"), "-p", tip, "-m", "forget")
+    run("update-ref", "refs/heads/convosync", commit, tip)
+
+
+def test_the_memory_forgets_handoffs_no_longer_on_the_branch(
+    tmp_path: Path, desktop: Device, laptop: Device
+) -> None:
+    memory = states.loaded_file(laptop.state, laptop.repo)
+    publish(desktop, handoff_text("First"))
+    assert laptop.cli("sync").returncode == 0
+    assert "### Current Task\nFirst" in context_of(hook(laptop))
+    [first] = json.loads(memory.read_text(encoding="utf-8"))["loaded"]
+    publish(desktop, handoff_text("Second"))
+    assert laptop.cli("sync").returncode == 0
+    take_off_the_branch(laptop.repo, first.split("/", 1)[1], tmp_path)
+    # Keys that name nothing on the branch, some shaped like git pathspec magic.
+    data = json.loads(memory.read_text(encoding="utf-8"))
+    data["loaded"] = [":(glob)**/*", "*/*", "../x/y.md", ":(exclude)desktop/z.md", *data["loaded"]]
+    memory.write_text(json.dumps(data), encoding="utf-8")
+
+    assert "### Current Task\nSecond" in context_of(hook(laptop))
+
+    [second] = json.loads(memory.read_text(encoding="utf-8"))["loaded"]
+    assert second != first and second.startswith("desktop/")
+    assert second.split("/", 1)[1] in git(laptop.repo, "ls-tree", "-r", "refs/heads/convosync")
+    assert hook(laptop) == "", "the handoff handed over is remembered"

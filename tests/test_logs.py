@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from convosyncd import logs
+from convosyncd import cli, logs
+from convosyncd.config import default_state_dir
 from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
 from tests.support.devices import (
     cli_env,
@@ -143,7 +145,7 @@ def root_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-@pytest.mark.usefixtures("root_logging")
+@pytest.mark.usefixtures("root_logging", "loose_umask")
 def test_the_log_file_rotates_and_masks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logs, "LOG_BYTES", 20_000)
     monkeypatch.setenv(logs.STDERR_SWITCH, "no")
@@ -159,3 +161,34 @@ def test_the_log_file_rotates_and_masks(tmp_path: Path, monkeypatch: pytest.Monk
     oldest = (state / "convosyncd.log.3").read_text(encoding="utf-8").splitlines()
     assert oldest[0].endswith("remote https://***@example.invalid/app.git second line")
     assert all(TIMESTAMP.match(line) for line in oldest)
+    # Private under the usual umask (022), each file made by a rotation too.
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in state.iterdir())
+
+
+@pytest.mark.usefixtures("loose_umask")
+def test_crash_log_rotates_like_the_log_and_is_private(
+    hermetic: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "LOG_BYTES", 4_000)
+    reports = []
+    for number in range(80):
+        try:
+            raise RuntimeError(f"crash number {number}")
+        except RuntimeError:
+            reports.append(cli._write_crash_report(["sync", f"--number={number}"]))
+    folder = default_state_dir()
+    assert folder.is_relative_to(hermetic)
+    assert reports == [folder / "crash.log"] * 80
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == [f"crash.log{suffix}" for suffix in ("", ".1", ".2", ".3")]
+    report = len((folder / "crash.log").read_text(encoding="utf-8").split("--- ")[-1]) + 4
+    for path in folder.iterdir():
+        assert path.stat().st_size < 4_000 + report, "at most one report past the limit"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    newest = (folder / "crash.log").read_text(encoding="utf-8")
+    assert "RuntimeError: crash number 79" in newest
+    assert "argv ['sync', '--number=79']" in newest
+    oldest = (folder / "crash.log.3").read_text(encoding="utf-8")
+    assert "crash number 0\n" not in oldest, "the oldest reports went"

@@ -106,6 +106,7 @@ def test_install_without_systemctl_writes_a_unit_systemd_accepts(
     words = exec_start(unit)
     assert os.path.isabs(words[0]) and os.access(words[0], os.X_OK)
     assert words[-3:] == ["--config", str(desktop.config), "run"]
+    assert "\nUMask=0077\n" in unit.read_text(encoding="utf-8")
     # The command line the service runs works, and reads this device's config.
     status = subprocess.run(
         [*words[:-1], "status", "--json"],
@@ -267,6 +268,7 @@ def test_the_launchd_agent_follows_launchds_rules(tmp_path: Path) -> None:
         assert folder in path
     assert path[0] == os.path.dirname(agent["ProgramArguments"][0])
     assert agent["EnvironmentVariables"][STDERR_SWITCH] == "no"
+    assert agent["Umask"] == 63 == 0o077, "the unit's UMask=0077, in decimal as plists need"
     logs = home / "Library" / "Logs" / "convosync"
     assert (
         agent["StandardOutPath"] == agent["StandardErrorPath"] == str(logs / "launchd-output.log")
@@ -292,6 +294,10 @@ def test_the_launchd_agent_follows_launchds_rules(tmp_path: Path) -> None:
         ({"KeepAlive": {"SuccessfulExit": "no"}}, "KeepAlive.SuccessfulExit must be true"),
         ({"EnvironmentVariables": {"PATH": 1}}, "EnvironmentVariables must map strings"),
         ({"StandardOutPath": "log.txt"}, "StandardOutPath must be an absolute path"),
+        ({"Umask": 512}, "Umask must be an integer from 0 to 511"),
+        ({"Umask": -1}, "Umask must be an integer from 0 to 511"),
+        ({"Umask": True}, "Umask must be an integer from 0 to 511"),
+        ({"Umask": "077x"}, "Umask must be an integer from 0 to 511"),
     ],
 )
 def test_launchd_rules_catch_what_plistlib_accepts(
@@ -302,6 +308,15 @@ def test_launchd_rules_catch_what_plistlib_accepts(
     reloaded = plistlib.loads(plistlib.dumps(agent))
     problems = service.launchd_problems(reloaded)
     assert any(problem in found for found in problems), problems
+
+
+@pytest.mark.parametrize("umask", [63, 0, "077", "0x3f", "63"])
+def test_launchd_takes_the_umask_as_a_number_or_as_strtoul_reads_it(
+    tmp_path: Path, umask: int | str
+) -> None:
+    content = service.render_plist(["/usr/bin/convosyncd", "run"], log_dir=tmp_path)
+    agent = {**plistlib.loads(content), "Umask": umask}
+    assert service.launchd_problems(plistlib.loads(plistlib.dumps(agent))) == []
 
 
 def test_a_hand_edited_unit_does_not_break_status() -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from convosyncd import config as configs
+from convosyncd import state as states
 from convosyncd.config import RepoConfig
-from convosyncd.errors import UsageError
+from convosyncd.errors import ConvosyncError, UsageError
 from convosyncd.gitcmd import Git
 from convosyncd.worktree import WorkTree, validate
 
@@ -21,7 +22,9 @@ def add_parser(subparsers: Any) -> None:
     )
     add.add_argument("--branch", default="convosync", help="the sync branch (default: convosync)")
     add.set_defaults(handler=run_add)
-    remove = subparsers.add_parser("remove", help="stop syncing a repo (its handoffs stay)")
+    remove = subparsers.add_parser(
+        "remove", help="stop syncing a repo and delete its state (its handoffs stay)"
+    )
     remove.add_argument("path", type=Path, help="a registered repo")
     remove.set_defaults(handler=run_remove)
 
@@ -52,7 +55,8 @@ def run_add(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     config = configs.load(args.config)
     path = Path(args.path).expanduser().absolute()
-    if config.repo_for(path) is None:
+    repo = config.repo_for(path)
+    if repo is None:
         known = ", ".join(str(repo.path) for repo in config.repos) or "none"
         raise UsageError(f"{path} is not registered in {args.config} (registered: {known})")
     configs.drop_repo(args.config, path)
@@ -60,4 +64,25 @@ def run_remove(args: argparse.Namespace) -> int:
         f"Removed {path} from {args.config}. Its handoffs stay on the sync branch and in "
         ".convosync/; `convosyncd add` brings it back."
     )
+    # Only the daemon's memory of the repo goes; the repo and its sync branch are the
+    # person's. A daemon still finishing a cycle of it may write its state once more:
+    # the next daemon start deletes that too (state.forget_unregistered).
+    try:
+        removed = states.forget_repo(config.state_dir, repo.path)
+    except OSError as error:
+        raise ConvosyncError(
+            f"{path} is no longer registered, but its state in {config.state_dir} could not "
+            f"be deleted ({error}); it is deleted at the next start of the daemon"
+        ) from None
+    if removed:
+        names = ", ".join(_shown(config.state_dir, item) for item in removed)
+        print(f"Deleted its state in {config.state_dir}: {names}.")
+    else:
+        print(f"It had no state in {config.state_dir}.")
     return 0
+
+
+def _shown(state_dir: Path, path: Path) -> str:
+    if path == states.polls_file(state_dir):
+        return f"its entry in {path.name}"
+    return str(path.relative_to(state_dir))

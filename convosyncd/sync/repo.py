@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 
 from filelock import FileLock, Timeout
@@ -116,7 +116,13 @@ class SyncedRepo:
         )
         self.inline_fresh = False
         """A handoff commit was made on the person's branch and awaits its push."""
-        self._file_lock = FileLock(str(states.lock_file(config.state_dir, repo.path)))
+        # Before the lock's first use: filelock would create the folder, world-readable.
+        # If it cannot be made, taking the lock fails too, and says why.
+        with suppress(OSError):
+            states.make_folders(config.state_dir, self.state_path.parent)
+        self._file_lock = FileLock(
+            str(states.lock_file(config.state_dir, repo.path)), mode=states.FILE_MODE
+        )
         self._identity: Identity | None = None
         self._saved: bytes | None = None
         self._layout_checked = 0.0
