@@ -35,7 +35,14 @@ from typing import Literal, TypeVar
 
 from convosyncd import localremote, union
 from convosyncd.errors import GitError
-from convosyncd.gitcmd import FileIdentity, Git, file_identity, identity_of
+from convosyncd.gitcmd import (
+    FileIdentity,
+    Git,
+    describe_command,
+    error_summary,
+    file_identity,
+    identity_of,
+)
 from convosyncd.layout import (
     FORGOTTEN_DIR,
     HANDOFFS_DIR,
@@ -714,8 +721,15 @@ class SyncBranch:
         return found
 
     def fetch(self) -> None:
-        """Fetch the remote's sync branch into ``refs/convosync/remotes/...``."""
-        self.git.run(
+        """Fetch the remote's sync branch into ``refs/convosync/remotes/...``.
+
+        Every object received is checked by git (``fetch.fsckObjects``): a remote that
+        serves malformed objects (a ``..`` in a tree, a broken mode) is refused before
+        anything of it is stored.
+        """
+        result = self.git.run(
+            "-c",
+            "fetch.fsckObjects=true",
             "fetch",
             "--quiet",
             "--no-tags",
@@ -723,8 +737,26 @@ class SyncBranch:
             self.remote,
             f"+{self.ref}:{self.remote_ref}",
             network=True,
+            check=False,
         )
         self._remote_known_read = False
+        if result.returncode == 0:
+            return
+        problem = error_summary(result.stderr) or f"exit {result.returncode}"
+        if "fsck" in result.stderr or "object check failed" in result.stderr:
+            raise GitError(
+                f"the remote {self.remote}'s {self.branch} branch holds objects git refuses "
+                f"({problem}): it is damaged or was written by hand; nothing of it was taken "
+                "in. Ask whoever can push there to restore it (`convosyncd doctor`)",
+                returncode=result.returncode,
+                stderr=result.stderr,
+            )
+        raise GitError(
+            f"{describe_command(result.args)} failed in {self.git.worktree} "
+            f"(exit {result.returncode}): {problem}",
+            returncode=result.returncode,
+            stderr=result.stderr,
+        )
 
     def push(self, commit: str) -> PushOutcome:
         """Push ``commit`` as the remote's sync branch, never forcing."""

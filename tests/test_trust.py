@@ -293,3 +293,31 @@ def test_what_status_says_never_holds_the_key(alpha: Device) -> None:
             assert code.encode() not in path.read_bytes(), path
     assert json.loads(outputs[1].stdout)["repos"][0]["untrusted"] == {}
     assert re.search("[0-9a-f]{64}", outputs[0].stdout) is None
+
+
+def test_objects_git_refuses_are_never_taken_in(alpha: Device, bravo: Device, remote: Path) -> None:
+    publish(alpha, "Before the damage")
+    sync(bravo)
+    known = git(bravo.repo, "rev-parse", "refs/convosync/remotes/origin/convosync")
+    blob = git(remote, "hash-object", "-w", "--stdin", input="x\n")
+    entry = b"100644 same\0" + bytes.fromhex(blob)
+    tree = (
+        subprocess.run(
+            ["git", "hash-object", "-t", "tree", "-w", "--literally", "--stdin"],
+            cwd=remote,
+            input=entry + entry,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    tip = git(remote, "rev-parse", "refs/heads/convosync")
+    commit = git(remote, "commit-tree", tree, "-p", tip, "-m", "duplicate entries")
+    git(remote, "update-ref", "refs/heads/convosync", commit)
+    result = bravo.cli("sync")
+    assert result.returncode == 1
+    assert "holds objects git refuses" in result.stdout and "duplicateEntries" in result.stdout
+    assert git(bravo.repo, "rev-parse", "refs/convosync/remotes/origin/convosync") == known
+    assert git(bravo.repo, "cat-file", "-t", tree, check=False) == ""

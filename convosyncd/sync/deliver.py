@@ -20,6 +20,8 @@ from convosyncd import state as states
 from convosyncd.catalog import Survey
 from convosyncd.handoff import (
     MATERIALIZED_NAME,
+    PLUGIN_FILE_BYTES,
+    PLUGIN_HANDOFF_BYTES,
     Handoff,
     Notification,
     notification_for,
@@ -166,7 +168,9 @@ class Deliverer:
             if repo.state.last_error is None or repo.state.last_error.message != message:
                 log.warning("%s", message)
             return
-        if repo.tree.write_materialized(render_plugin(repo.catalog.latest(tip))):
+        latest = repo.catalog.latest(tip)
+        _log_cuts(repo, latest)
+        if repo.tree.write_materialized(render_plugin(latest)):
             log.debug("%s: wrote %s", repo.repo.path, repo.tree.materialized)
         self.survey(tip)
         self._refreshed_tip = tip
@@ -198,3 +202,17 @@ def _describe(survey: Survey) -> str:
         if (count := getattr(survey, verdict))
     ]
     return ", ".join(parts)
+
+
+def _log_cuts(repo: SyncedRepo, handoffs: list[Handoff]) -> None:
+    """Say so when ``session-handoff.md`` cannot hold every handoff whole."""
+    sizes = [len(handoff.body.encode("utf-8")) for handoff in handoffs]
+    long = sum(1 for size in sizes if size > PLUGIN_HANDOFF_BYTES)
+    if long or sum(sizes) > PLUGIN_FILE_BYTES:
+        log.warning(
+            "%s: session-handoff.md holds at most %d bytes of a handoff and %d in all; "
+            "cut to fit (`convosyncd show` prints a handoff whole)",
+            repo.repo.path,
+            PLUGIN_HANDOFF_BYTES,
+            PLUGIN_FILE_BYTES,
+        )
