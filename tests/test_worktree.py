@@ -15,7 +15,14 @@ import pytest
 
 from convosyncd.watcher import DraftWatcher
 from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
-from tests.support.devices import Device, git, handoff_text, make_device, wait_until
+from tests.support.devices import (
+    Device,
+    git,
+    handoff_text,
+    make_device,
+    opened_all,
+    wait_until,
+)
 
 SECRET = "what lies outside the repo"
 
@@ -85,7 +92,8 @@ def test_sync_and_add_refuse_a_linked_convosync_and_write_nothing_through_it(
 
     assert contents(outside) == before, "nothing written, nothing removed"
     assert not published_by(desktop, remote), "the draft behind the link is not published"
-    assert SECRET not in git(remote, "log", "--all", "-p", check=False)
+    assert SECRET not in git(remote, "log", "--all", "--format=%B", check=False)
+    assert all(SECRET not in text for text in opened_all(remote).values())
 
 
 def test_the_daemon_refuses_a_linked_convosync_once_and_recovers_when_it_is_a_folder(
