@@ -142,8 +142,8 @@ class SyncBranch:
         self._listed = 0
         self._root_of: OrderedDict[str, str] = OrderedDict()
         self._zero: str | None = None
-        self._remote_known: str | None = None
-        self._remote_known_read = False
+        self._remote_known: tuple[str | None] | None = None
+        """The remote's tip as last known, in a tuple (None: not read yet)."""
         self._common_dir: Path | None = None
         self._ref_file: Path | None = None
         self._tip: tuple[FileIdentity, str] | None = None
@@ -160,15 +160,17 @@ class SyncBranch:
     def tip(self) -> str | None:
         """The sync branch's commit, or None if it does not exist yet."""
         # The very file the commit was read from: the same commit (one stat, no read).
+        # The cache is one value, read once: another thread may replace it meanwhile.
+        cached = self._tip
         if (
-            self._tip is not None
+            cached is not None
             and self._ref_file is not None
-            and file_identity(str(self._ref_file)) == self._tip[0]
+            and file_identity(str(self._ref_file)) == cached[0]
         ):
-            return self._tip[1]
+            return cached[1]
         loose = self._loose_ref()
-        if loose is not None and self._tip is not None and self._tip[0] == loose[0]:
-            return self._tip[1]
+        if loose is not None and cached is not None and cached[0] == loose[0]:
+            return cached[1]
         result = self.git.run("rev-parse", "-q", "--verify", f"{self.ref}^{{commit}}", check=False)
         value = result.text or None if result.returncode == 0 else None
         self._remember_tip(value, loose)
@@ -205,18 +207,19 @@ class SyncBranch:
         Only convosyncd writes this ref, and it always goes through this object or
         checks the remote itself (``ls_remote``) first, so the value is read once.
         """
-        if not self._remote_known_read:
+        known = self._remote_known
+        if known is None:
             result = self.git.run(
                 "rev-parse", "-q", "--verify", f"{self.remote_ref}^{{commit}}", check=False
             )
-            self._remote_known = result.text or None if result.returncode == 0 else None
-            self._remote_known_read = True
-        return self._remote_known
+            known = (result.text or None if result.returncode == 0 else None,)
+            self._remote_known = known
+        return known[0]
 
     def forget_remote_tip(self) -> None:
         """The remote has no sync branch (any more): forget what we knew of it."""
         self.git.run("update-ref", "-d", self.remote_ref)
-        self._remote_known, self._remote_known_read = None, True
+        self._remote_known = (None,)
 
     def has_commit(self, oid: str) -> bool:
         """Whether the commit ``oid`` is in the local object store."""
@@ -490,7 +493,8 @@ class SyncBranch:
             input=message.encode(),
             extra_env=environment,
         ).text
-        _remember(self._root_of, oid, tree)
+        with self._cache_lock:
+            _remember(self._root_of, oid, tree)
         return oid
 
     def move(self, new: str, expected: str | None, reason: str) -> bool:
@@ -739,7 +743,7 @@ class SyncBranch:
             network=True,
             check=False,
         )
-        self._remote_known_read = False
+        self._remote_known = None
         if result.returncode == 0:
             return
         problem = error_summary(result.stderr) or f"exit {result.returncode}"
@@ -791,7 +795,7 @@ class SyncBranch:
             raise GitError(
                 f"cannot update {self.remote_ref} in {self.git.worktree}: {result.stderr.strip()}"
             )
-        self._remote_known, self._remote_known_read = commit, True
+        self._remote_known = (commit,)
 
     def _clear_stale_lock(self, stderr: str) -> bool:
         """Remove a lock git left on one of convosyncd's own refs; True if it did.
@@ -834,13 +838,20 @@ def _push_status(porcelain: str, ref: str) -> str | None:
         if flag in (" ", "*", "=", "+"):
             return "ok"
         if flag == "!":
-            if any(
-                reason in rest
-                for reason in ("non-fast-forward", "fetch first", "stale info", "already exists")
-            ):
-                return "rejected"
-            return "error"
+            return "rejected" if any(reason in rest for reason in _MOVED_ON) else "error"
     return None
+
+
+_MOVED_ON = (
+    "non-fast-forward",
+    "fetch first",
+    "stale info",
+    "already exists",
+    # Another device's push held the remote's ref lock at that very moment (two devices
+    # creating the branch at once): the ref has moved or is moving; fetch and try again.
+    "failed to update ref",
+    "failed to lock",
+)
 
 
 def _first_devices(
