@@ -245,13 +245,20 @@ class Catalog:
         budget = Budget(FILE_BUDGET, "reading the newest handoffs")
         found = []
         for device, folder in self.folders(commit):
-            newest = self._newest(self.branch.folder_files(device, folder), budget, now)
+            newest = self._newest(self._newest_first(device, folder), budget, now)
             if newest is not None:
                 found.append(newest)
         return found
 
+    def _newest_first(self, device: str, folder: str) -> Iterator[tuple[Location, str]]:
+        """One device folder's sealed files, newest first, listing a month folder only
+        when the walk gets to it (the newest handoff is nearly always in the newest)."""
+        for part in self.branch.folder_parts(folder, list_months=False):
+            if part.name:
+                yield from self.branch.part_files(device, part)
+
     def _newest(
-        self, files: Sequence[tuple[Location, str]], budget: Budget, now: datetime
+        self, files: Iterable[tuple[Location, str]], budget: Budget, now: datetime
     ) -> Handoff | None:
         """The newest verified handoff of one folder (files newest first by name).
 
@@ -260,8 +267,6 @@ class Catalog:
         """
         candidates: list[Handoff] = []
         for location, oid in files:
-            if location.folder == "":
-                continue  # format 1: never verified, never newest
             record = next(iter(self.classify([(location, oid)], budget)), None)
             if record is None:
                 break  # the budget ran out

@@ -323,16 +323,18 @@ class SyncBranch:
             found += self.part_files(device, month)
         return found
 
-    def folder_parts(self, folder: str | None) -> list[Entry]:
+    def folder_parts(self, folder: str | None, *, list_months: bool = True) -> list[Entry]:
         """The month folders of one device folder, newest first, then one entry standing
-        for its format 1 files (the folder itself, named ``""``) if it has any."""
+        for its format 1 files (the folder itself, named ``""``) if it has any. With
+        ``list_months``, every month folder is listed now, all with one git call."""
         entries = self.kept("device", folder)
         months = sorted(
             (e for e in entries if e.is_tree and e.name != FORGOTTEN_DIR),
             key=lambda e: e.name,
             reverse=True,
         )
-        self.listings(entry.oid for entry in months)
+        if list_months:
+            self.listings(entry.oid for entry in months)
         if folder is not None and any(not e.is_tree for e in entries):
             months.append(Entry(TREE_MODE, "tree", folder, ""))
         return months
