@@ -136,13 +136,14 @@ def _ask_without_echo(stream: TextIO) -> str:
 
         return getpass.getpass(PROMPT)
     fd = stream.fileno()
-    sys.stderr.write(PROMPT)
-    sys.stderr.flush()
     before = termios.tcgetattr(fd)
     quiet = list(before)
     quiet[3] &= ~termios.ECHO  # local modes: no echo, but still a line at a time
+    # Echo goes off before the prompt shows: what is pasted after it is never echoed.
     termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
     try:
+        sys.stderr.write(PROMPT)
+        sys.stderr.flush()
         line = stream.readline(MAX_INPUT)
     finally:
         termios.tcsetattr(fd, termios.TCSAFLUSH, before)
