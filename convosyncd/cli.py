@@ -19,6 +19,7 @@ from convosyncd.commands import (
     add_remove,
     demo,
     doctor,
+    key,
     resume,
     run,
     service,
@@ -29,7 +30,7 @@ from convosyncd.config import default_config_path, default_state_dir
 from convosyncd.errors import ConvosyncError
 from convosyncd.masking import mask_credentials
 
-COMMANDS = (add_remove, run, sync, status, resume, service, doctor, demo)
+COMMANDS = (add_remove, run, sync, status, resume, service, doctor, key, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,7 @@ from convosyncd import state as states
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import ConfigError, ConvosyncError
 from convosyncd.handoff import Notification, plain_text
+from convosyncd.keys import SyncKeyError, ensure, key_file
 from convosyncd.notify import Notifier
 from convosyncd.sshshare import SshSharing
 from convosyncd.state import Event
@@ -134,12 +135,44 @@ class Daemon:
         """Refuse to run twice on one state folder."""
         self._lock = daemon_lock.acquire(self.config.state_dir)
 
+    def ensure_key(self) -> None:
+        """Make a sync key if repos are registered and there is none (a config from
+        convosyncd 0.1, a deleted key file): handoffs sealed with a key no other device
+        holds yet become readable there once the person pairs, whereas without a key
+        nothing would be published at all. Said loudly, once: a log line and one
+        notification. A key file that cannot be used is left alone; every repo's cycle
+        reports it (status, the log, one notification)."""
+        if not self.config.repos:
+            return
+        try:
+            keyring, made = ensure(key_file(self.config_path))
+        except (SyncKeyError, OSError) as error:
+            log.error("no usable sync key: %s", error)
+            return
+        if made:
+            log.warning(
+                "this device had no sync key, so one was made (key id %s) in %s: pair your "
+                "devices, `convosyncd key show` on one of them and `convosyncd key import` "
+                "on each of the others",
+                keyring.current.key_id,
+                key_file(self.config_path),
+            )
+            self.notifier.send(
+                Notification(
+                    title="convosyncd: pair your devices",
+                    message="This device had no sync key, so convosyncd made one. Run "
+                    "`convosyncd key show` on one of your devices and `convosyncd key "
+                    "import` on each of the others.",
+                )
+            )
+
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; returns the exit code."""
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.acquire_lock()
+        self.ensure_key()
         housekeeping.tidy_state(self.config.state_dir, [repo.path for repo in self.config.repos])
         # APScheduler warns when a job's run is skipped because the previous one is still
         # going; the publish job catches that itself (see _publish), so only errors show.

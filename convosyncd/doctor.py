@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -22,11 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convosyncd import config as configs
-from convosyncd import notify, service
+from convosyncd import keys, notify, service
+from convosyncd.catalog import Budget, Catalog
 from convosyncd.config import Config, RepoConfig
 from convosyncd.daemon_lock import daemon_running
 from convosyncd.errors import ConfigError, ConvosyncError, GitError, GitTimeout
 from convosyncd.gitcmd import Git, error_summary, mask_credentials, run_git
+from convosyncd.gitstore import SyncBranch
+from convosyncd.keys import Keyring, SyncKeyError
 
 MINIMUM_GIT = (2, 9)
 """``core.hooksPath``, which keeps the person's hooks away from the sync branch."""
@@ -94,6 +98,116 @@ def check_config(path: Path) -> tuple[Check, Config | None]:
         )
     count = len(config.repos)
     return passed("config", f"{where}: device {config.device}, {count} repo(s)"), config
+
+
+# -- the sync key ------------------------------------------------------------------------
+
+PAIR = "`convosyncd key show` on another of your devices, then `convosyncd key import` here"
+
+
+def check_key(config_path: Path) -> tuple[Check, Keyring | None]:
+    """The sync key is there, a plain file of this user's that nobody else may read."""
+    name = "sync key"
+    path = keys.key_file(config_path)
+    try:
+        keyring = keys.load(path)
+    except SyncKeyError as error:
+        detail, fix = _key_problem(path, error)
+        return failed(name, detail, fix), None
+    if keyring is None:
+        return (
+            failed(
+                name,
+                f"none at {path}, so this device can neither seal nor open handoffs",
+                f"{PAIR}; on your first device, `convosyncd add PATH` makes one",
+            ),
+            None,
+        )
+    detail = f"{path}, private, key id {keyring.current.key_id}"
+    if keyring.old:
+        detail += f" (and {len(keyring.old)} older key(s) kept for reading)"
+    return passed(name, detail), keyring
+
+
+def _key_problem(path: Path, error: SyncKeyError) -> tuple[str, str]:
+    """What is wrong with a key file :func:`keys.load` refused, and the fix."""
+    try:
+        status = path.lstat()
+    except OSError:
+        return str(error), PAIR
+    if not stat.S_ISREG(status.st_mode):
+        return f"{path} is not a plain file", f"move it away, then {PAIR}"
+    if status.st_uid != os.getuid():
+        return (
+            f"{path} belongs to another user (uid {status.st_uid})",
+            f"move it away, then {PAIR}",
+        )
+    if status.st_mode & 0o077:
+        mode = stat.S_IMODE(status.st_mode)
+        return (
+            f"{path} can be read or changed by others (permissions {mode:o}), so it is not used",
+            f"`chmod 600 {path}`",
+        )
+    return str(error), f"{PAIR} (it replaces the damaged file, which is kept aside)"
+
+
+def check_branch_keys(config: Config, repo: RepoConfig, keyring: Keyring) -> Check:
+    """No device folder of the local sync branch holds newest handoffs sealed with a key
+    this device lacks (a device never paired with this one, or another person's).
+
+    Files under such a key that only precede handoffs this device opens are from before
+    that device was paired: they pass, and are counted.
+    """
+    name = f"sync branch of {repo.path}"
+    branch = SyncBranch(
+        Git(repo.path, network_timeout=config.network_timeout),
+        remote=repo.remote,
+        branch=repo.branch,
+    )
+    tip = branch.tip()
+    if tip is None:
+        return passed(name, f"no local {repo.branch} branch yet (the first sync makes it)")
+    catalog = Catalog(branch, lambda: keyring, max_bytes=config.max_draft_bytes)
+    surveys = catalog.survey(tip)
+    verified = sum(survey.verified for survey in surveys.values())
+    foreign = {device: survey for device, survey in surveys.items() if survey.foreign}
+    folders = dict(catalog.folders(tip))
+    unpaired = sorted(
+        device for device in foreign if _newest_is_foreign(catalog, device, folders[device])
+    )
+    counted = " (of the first files read)" if any(s.partial for s in surveys.values()) else ""
+    opened = f"{verified} handoff(s) open under your sync key{counted}"
+    if unpaired:
+        files = sum(foreign[device].foreign for device in unpaired)
+        ids = sorted(set().union(*(foreign[device].key_ids for device in unpaired)))
+        return failed(
+            name,
+            f"{opened}, but the newest of {', '.join(unpaired)} and {files} file(s) in all "
+            f"are sealed with a key this device lacks (key id {', '.join(ids)}), so they "
+            "are not shown here",
+            "on the device that wrote them, `convosyncd key show`, then `convosyncd key "
+            "import` here; if they are another person's (someone else using convosyncd "
+            "on this repo), there is nothing to fix",
+        )
+    if foreign:
+        files = sum(survey.foreign for survey in foreign.values())
+        return passed(
+            name,
+            f"{opened}; {files} older file(s) of {', '.join(sorted(foreign))} are sealed "
+            "with a key this device lacks (from before they were paired, or another "
+            "person's)",
+        )
+    return passed(name, opened)
+
+
+def _newest_is_foreign(catalog: Catalog, device: str, folder: str) -> bool:
+    """Whether the newest format 2 file of a device folder is under a key not held here."""
+    for location, oid in catalog.branch.folder_files(device, folder):
+        if location.folder == "":
+            continue  # format 1: plain text, no key at all
+        records = catalog.classify([(location, oid)], Budget(1, f"reading {location.key}"))
+        return bool(records) and records[0].verdict == "foreign"
+    return False
 
 
 # -- repos and remotes -----------------------------------------------------------------
@@ -421,6 +535,8 @@ def run_checks(config_path: Path) -> list[Check]:
     checks.append(config_check)
     if config is None:
         return checks
+    key_check, keyring = check_key(config_path)
+    checks.append(key_check)
     usable = []
     for repo in config.repos:
         check = check_repo(config, repo)
@@ -430,6 +546,8 @@ def run_checks(config_path: Path) -> list[Check]:
     with ThreadPoolExecutor(max_workers=8) as pool:
         remote_checks = list(pool.map(lambda repo: check_remote(config, repo), usable))
     checks.extend(remote_checks)
+    if keyring is not None:
+        checks.extend(check_branch_keys(config, repo, keyring) for repo in usable)
     ssh = [
         (repo, check)
         for repo, check in zip(usable, remote_checks, strict=True)

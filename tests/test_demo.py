@@ -18,6 +18,13 @@ def test_the_demo_shows_a_handoff_arriving_with_its_notification(
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stdout + result.stderr
     assert elapsed < 15
+    # Paired through the command line, as a person does: the code itself is never shown.
+    assert re.search(
+        r"paired: `convosyncd key show` on the desktop piped into `convosyncd key import` on "
+        r"the laptop \(key id [0-9a-f]{16}\)",
+        result.stdout,
+    ), result.stdout
+    assert "cs2-" not in result.stdout + result.stderr
     assert "5. laptop: it arrived in .convosync/session-handoff.md" in result.stdout
     assert "handed to this desktop's notification server" in result.stdout
     assert "## Handoff from desktop (just now," in result.stdout

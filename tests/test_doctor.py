@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from convosyncd import doctor
+from convosyncd import config as configs
+from convosyncd import doctor, keys
 from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
-from tests.support.devices import Device, git, handoff_text, make_device, make_remote
+from tests.support.devices import (
+    OTHER_PERSON_KEY,
+    PERSON_KEY,
+    Device,
+    cli_env,
+    git,
+    handoff_text,
+    make_device,
+    make_remote,
+)
 from tests.support.network import silent_listener
 from tests.support.sshd import running_agent
 
@@ -152,16 +164,20 @@ def test_doctor_passes_on_a_healthy_setup(
     assert names == [
         "✓ git",
         "✓ config",
+        "✓ sync key",
         f"✓ repo {device.repo}",
         f"✓ remote origin of {device.repo}",
+        f"✓ sync branch of {device.repo}",
         "✓ ssh agent",
         "✓ notifications",
         "✓ inotify",
         "✓ service",
     ]
-    assert "sync branch convosync present" in lines[3] or "not created yet" in lines[3]
-    assert "answered in" in lines[5]
-    assert "but a `convosyncd run` is running" in lines[7]
+    assert f"private, key id {PERSON_KEY.key_id}" in lines[2]
+    assert "sync branch convosync present" in lines[4] or "not created yet" in lines[4]
+    assert "handoff(s) open under your sync key" in lines[5] or "no local" in lines[5]
+    assert "answered in" in lines[7]
+    assert "but a `convosyncd run` is running" in lines[9]
     assert not notification_server.notifications(), "doctor asks; it never notifies"
 
 
@@ -233,3 +249,92 @@ def test_the_user_bus_is_found_without_dbus_session_bus_address(
         assert note["body"] == "app: Through the user bus"
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_sync_key_is_checked_present_and_private(tmp_path: Path) -> None:
+    device = make_device(tmp_path, make_remote(tmp_path), "desktop", key=None)
+    path = device.key_file
+    check, keyring = doctor.check_key(device.config)
+    assert not check.ok and keyring is None
+    assert check.detail == f"none at {path}, so this device can neither seal nor open handoffs"
+    assert "`convosyncd key import` here" in check.fix and "`convosyncd add PATH`" in check.fix
+
+    device.give_key(PERSON_KEY)
+    path.chmod(0o640)
+    check, keyring = doctor.check_key(device.config)
+    assert not check.ok and keyring is None
+    assert "can be read or changed by others (permissions 640)" in check.detail
+    assert check.fix == f"`chmod 600 {path}`"
+
+    path.chmod(0o600)
+    path.write_text(path.read_text(encoding="utf-8") + "current nonsense\n", encoding="utf-8")
+    check, _keyring = doctor.check_key(device.config)
+    assert not check.ok and "is damaged (line" in check.detail
+    assert "`convosyncd key import` here" in check.fix
+
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere")
+    check, _keyring = doctor.check_key(device.config)
+    assert not check.ok and check.detail == f"{path} is not a plain file"
+
+    path.unlink()
+    keys.save(path, keys.Keyring(OTHER_PERSON_KEY, (PERSON_KEY,)))
+    check, keyring = doctor.check_key(device.config)
+    assert check.ok and keyring is not None
+    assert check.detail == (
+        f"{path}, private, key id {OTHER_PERSON_KEY.key_id} (and 1 older key(s) kept for reading)"
+    )
+    for result in (device.cli("doctor"), device.cli("doctor", "--json")):
+        assert PERSON_KEY.pairing_code() not in result.stdout + result.stderr
+
+
+def test_handoffs_under_a_key_this_device_lacks_are_found_with_the_fix(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    laptop = make_device(tmp_path, remote, "laptop", key=OTHER_PERSON_KEY)
+    desktop.write_draft(handoff_text("From the desktop"))
+    laptop.write_draft(handoff_text("From a laptop never paired"))
+    for device in (desktop, laptop, desktop):
+        assert device.cli("sync").returncode == 0
+
+    report = json.loads(desktop.cli("doctor", "--json").stdout)
+    names = [check["name"] for check in report["checks"]]
+    branch_check = names.index(f"sync branch of {desktop.repo}")
+    assert names.index(f"remote origin of {desktop.repo}") < branch_check
+    assert names.index("sync key") < names.index(f"repo {desktop.repo}")
+    check = report["checks"][branch_check]
+    assert check["ok"] is False
+    assert check["detail"] == (
+        "1 handoff(s) open under your sync key, but the newest of laptop and 1 file(s) in "
+        f"all are sealed with a key this device lacks (key id {OTHER_PERSON_KEY.key_id}), "
+        "so they are not shown here"
+    )
+    assert "`convosyncd key show`, then `convosyncd key import` here" in check["fix"]
+    assert "another person's" in check["fix"]
+
+    # Paired the other way round as well: the laptop takes the desktop's key and keeps its
+    # own for reading. Its handoffs from before stay closed to the desktop, and that is
+    # no longer a problem: the laptop's newest opens.
+    show = desktop.cli("key", "show")
+    imported = subprocess.run(
+        [sys.executable, "-m", "convosyncd", "--config", str(laptop.config), "key", "import"],
+        input=show.stdout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    laptop.write_draft(handoff_text("From the laptop, paired"))
+    for device in (laptop, desktop):
+        assert device.cli("sync").returncode == 0
+    config = configs.load(desktop.config)
+    keyring = keys.require(desktop.key_file)
+    check = doctor.check_branch_keys(config, config.repos[0], keyring)
+    assert check.ok, check.line()
+    assert check.detail == (
+        "2 handoff(s) open under your sync key; 1 older file(s) of laptop are sealed with a "
+        "key this device lacks (from before they were paired, or another person's)"
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from convosyncd import config as configs
+from convosyncd import keys
 from convosyncd import state as states
 from convosyncd.config import RepoConfig
 from convosyncd.errors import ConvosyncError, UsageError
@@ -39,6 +40,8 @@ def run_add(args: argparse.Namespace) -> int:
     ).repos[0]
     tree = WorkTree(top, Git(top, network_timeout=config.network_timeout))
     tree.prepare(config.device)
+    # Before the config changes: a key file others can read stops `add` with its fix.
+    keyring, made = keys.ensure(keys.key_file(args.config))
     changed = configs.save_repo(args.config, RepoConfig(top, repo.remote, repo.branch))
     verb = "Registered" if changed else "Already registered:"
     print(
@@ -49,6 +52,18 @@ def run_add(args: argparse.Namespace) -> int:
         "A running daemon picks this up by itself; start one with `convosyncd run` or "
         "`convosyncd service install`."
     )
+    if made:
+        print(
+            f"Made a new sync key (key id {keyring.current.key_id}), kept in "
+            f"{keys.key_file(args.config)}: only devices that hold it can read your handoffs."
+        )
+        print("Pair each of your other devices with it:")
+        print("  here:   convosyncd key show")
+        print("  there:  convosyncd key import   (and paste the code `key show` printed)")
+        print(
+            "If another of your devices already has a sync key, pair the other way round "
+            "instead: `key show` there, `key import` here."
+        )
     return 0
 
 

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from convosyncd import keys
 from convosyncd.gitcmd import git_environment, run_git
 from convosyncd.handoff import CONVOSYNC_DIR, DRAFT_NAME, MATERIALIZED_NAME
 
@@ -85,6 +84,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float) -> float | None:
 
 
 def _device(root: Path, remote: Path, name: str, *, notify: bool) -> tuple[Path, Path]:
+    """A clone and a config with the demo's quick settings; ``add`` registers it."""
     tree = root / name / "app"
     _git(["clone", "--quiet", str(remote), str(tree)], root)
     config = root / name / "config.toml"
@@ -93,11 +93,67 @@ def _device(root: Path, remote: Path, name: str, *, notify: bool) -> tuple[Path,
         f'state_dir = "{root / name / "state"}"\n'
         "settle = 0.2\npull_interval = 0.5\n"
         f"notify = {'true' if notify else 'false'}\n"
-        "notify_timeout = 3\n\n"
-        f'[[repos]]\npath = "{tree}"\n',
+        "notify_timeout = 3\n",
         encoding="utf-8",
     )
     return tree, config
+
+
+def _command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "convosyncd", "--config", str(config), *args]
+
+
+def _convosyncd(config: Path, *args: str) -> str:
+    """Run a convosyncd command as a person would; its output, or DemoError."""
+    result = subprocess.run(
+        _command(config, *args),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=git_environment(),
+        check=False,
+    )
+    if result.returncode != 0:
+        raise DemoError(f"`convosyncd {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _pair(source: Path, target: Path) -> str:
+    """``convosyncd key show`` on ``source`` piped into ``convosyncd key import`` on
+    ``target``, two processes joined by a pipe; the key id ``import`` names."""
+    env = git_environment()
+    show = subprocess.Popen(
+        _command(source, "key", "show"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert show.stdout is not None
+    try:
+        imported = subprocess.run(
+            _command(target, "key", "import"),
+            stdin=show.stdout,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+    finally:
+        show.stdout.close()
+        _, show_errors = show.communicate(timeout=60)
+    if show.returncode != 0:
+        raise DemoError(f"`convosyncd key show` failed: {show_errors.decode().strip()}")
+    if imported.returncode != 0:
+        raise DemoError(f"`convosyncd key import` failed: {imported.stderr.strip()}")
+    match = re.search(r"key id [0-9a-f]+", imported.stdout)
+    return match.group(0) if match else "imported"
+
+
+class DemoError(Exception):
+    """A step of the demo failed; the message says which, with the command's own words."""
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -138,12 +194,22 @@ def run(args: argparse.Namespace) -> int:
         _git(["push", "--quiet", str(remote), "HEAD:refs/heads/main"], seed)
         desktop, desktop_config = _device(root, remote, "desktop", notify=False)
         laptop, laptop_config = _device(root, remote, "laptop", notify=True)
-        # One person's two devices: one sync key, made on the desktop, paired to the laptop.
-        keyring, _created = keys.ensure(keys.key_file(desktop_config))
-        keys.save(keys.key_file(laptop_config), keyring)
+        # One person's two devices, set up as the README says: `add` on the first makes
+        # the sync key, `key show` there piped into `key import` here pairs the second.
+        try:
+            _convosyncd(desktop_config, "add", str(desktop))
+            paired = _pair(desktop_config, laptop_config)
+            _convosyncd(laptop_config, "add", str(laptop))
+        except DemoError as error:
+            print(f"  ✗ {error}", file=sys.stderr)
+            return 1
         print(
-            "  1. a bare remote and two devices, 'desktop' and 'laptop', each a clone, "
-            "paired with one sync key"
+            "  1. a bare remote and two devices, 'desktop' and 'laptop', each a clone "
+            "registered with `convosyncd add`"
+        )
+        print(
+            "     paired: `convosyncd key show` on the desktop piped into `convosyncd key "
+            f"import` on the laptop ({paired})"
         )
         logs = {
             "desktop": root / "desktop" / "daemon.log",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from convosyncd import config as configs
-from convosyncd import logs
+from convosyncd import keys, logs
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import UsageError
 from convosyncd.notify import Notifier
@@ -59,6 +59,18 @@ def describe(result: CycleResult) -> str:
 def run(args: argparse.Namespace) -> int:
     logs.setup(verbose=args.verbose)
     config = configs.load(args.config)
+    if config.repos:
+        # As the daemon does (Daemon.ensure_key): sealing with a key no other device holds
+        # yet is undone by pairing; publishing nothing is not. A key file that others can
+        # read stops here, with its fix.
+        keyring, made = keys.ensure(keys.key_file(config.path))
+        if made:
+            print(
+                f"This device had no sync key, so one was made (key id "
+                f"{keyring.current.key_id}) in {keys.key_file(config.path)}: pair your "
+                "devices, `convosyncd key show` on one of them and `convosyncd key import` "
+                "on each of the others."
+            )
     repos = selected(config, list(args.paths))
     if not repos:
         print(f"No repos registered in {config.path}; add one with `convosyncd add PATH`.")

@@ -28,6 +28,7 @@ from convosyncd.handoff import (
     render_plugin,
     summary_notification,
 )
+from convosyncd.keys import Keyring, SyncKeyError
 from convosyncd.sync.repo import SyncedRepo, now_text
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ class Deliverer:
     def __init__(self, repo: SyncedRepo) -> None:
         self.repo = repo
         self._refreshed_tip: str | None = None
+        self._refreshed_keys: Keyring | None = None
+        """The keyring the handoffs file was written with: a ``key import`` while the
+        daemon runs opens handoffs already on the branch, so the file is written again."""
 
     def refresh(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Rewrite ``session-handoff.md`` and notify what arrived since the last time.
@@ -59,7 +63,8 @@ class Deliverer:
             repo.state.local_tip = tip
             if tip is None:
                 return (), ()
-            if tip != self._refreshed_tip or not repo.tree.materialized.exists():
+            stale = tip != self._refreshed_tip or self._refreshed_keys != self._keyring()
+            if stale or not repo.tree.materialized.exists():
                 self.materialize(tip)
             baseline = repo.state.notified_through
             if baseline == tip:
@@ -147,8 +152,17 @@ class Deliverer:
                 tip is not None
                 and tip == self._refreshed_tip == repo.state.notified_through
                 and tip == repo.state.local_tip
+                and self._refreshed_keys == self._keyring()
                 and repo.tree.materialized.exists()
             )
+
+    def _keyring(self) -> Keyring | None:
+        """The keyring now (one ``stat`` of its file); None if there is none or it
+        cannot be used (the cycle reports that)."""
+        try:
+            return self.repo.keys.get()
+        except SyncKeyError:
+            return None
 
     def materialize(self, tip: str) -> None:
         """Write the newest handoff of every device at ``tip`` where the assistant reads it.
@@ -156,8 +170,9 @@ class Deliverer:
         Call with the repo's local lock held.
         """
         repo = self.repo
+        keyring = self._keyring()
         if repo.inline is not None:
-            self._record_inline(tip)
+            self._record_inline(tip, keyring)
             return
         if MATERIALIZED_NAME in repo.tracked:
             message = (
@@ -173,9 +188,9 @@ class Deliverer:
         if repo.tree.write_materialized(render_plugin(latest)):
             log.debug("%s: wrote %s", repo.repo.path, repo.tree.materialized)
         self.survey(tip)
-        self._refreshed_tip = tip
+        self._refreshed_tip, self._refreshed_keys = tip, keyring
 
-    def _record_inline(self, tip: str) -> None:
+    def _record_inline(self, tip: str, keyring: Keyring | None) -> None:
         """Commit ``session-handoff.md`` on the person's current branch (see :mod:`inline`)."""
         repo = self.repo
         assert repo.inline is not None
@@ -191,7 +206,7 @@ class Deliverer:
             repo.state.inline_unpushed = outcome.branch
             repo.inline_fresh = True
         repo.clear_inline_problem("not committed")
-        self._refreshed_tip = tip
+        self._refreshed_tip, self._refreshed_keys = tip, keyring
         repo.save()
 
 
