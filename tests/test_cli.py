@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from convosyncd import state as states
-from tests.support.devices import Device, git, handoff_text, make_device, run_cli, snapshot
+from tests.support.devices import (
+    Device,
+    cli_env,
+    git,
+    handoff_text,
+    make_device,
+    run_cli,
+    snapshot,
+)
 
 EVENT = states.Event("2026-11-23T22:00:00Z", "nothing new")
 
@@ -260,3 +270,23 @@ def test_a_poll_with_nothing_new_asks_for_the_tip_and_fetches_nothing(
     commands = trace.read_text(encoding="utf-8")
     assert "built-in: git ls-remote " in commands
     assert "git fetch" not in commands and "git push" not in commands
+
+
+def test_a_reader_that_goes_away_is_no_crash(tmp_path: Path, remote: Path) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    state = tmp_path / "home-state"
+    # `status` writes more than one line; the reader takes none and closes the pipe.
+    result = subprocess.run(
+        [
+            "/bin/sh",
+            "-c",
+            f"{sys.executable} -m convosyncd --config {desktop.config} status | true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env({"XDG_STATE_HOME": str(state)}),
+        check=False,
+    )
+    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
+    assert not (state / "convosync" / "crash.log").exists()

@@ -524,3 +524,22 @@ def test_the_key_never_appears_in_any_output_or_file_of_a_whole_session(
     ).stdout
     assert b"handoff(first)" in objects
     assert leaks(objects, key) == []
+
+
+def test_import_with_standard_input_closed_is_a_clear_error(tmp_path: Path, remote: Path) -> None:
+    device = make_device(tmp_path, remote, "laptop", key=None)
+    result = subprocess.run(
+        [
+            "/bin/sh",
+            "-c",
+            f"exec {sys.executable} -m convosyncd --config {device.config} key import <&-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "standard input is closed" in result.stderr
+    assert not device.key_file.exists()

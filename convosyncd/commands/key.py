@@ -85,6 +85,11 @@ def run_import(args: argparse.Namespace) -> int:
             "alone and paste the code when it asks (and delete that line from your shell "
             "history)"
         )
+    if sys.stdin is None:  # started with standard input closed
+        raise UsageError(
+            "standard input is closed, so there is no pairing code to read: pipe the code "
+            "in, or run `convosyncd key import` at a terminal and paste it"
+        )
     key = keys.parse_pairing_code(read_code(sys.stdin))
     path = keys.key_file(args.config)
     existing = _existing(path)
@@ -110,7 +115,13 @@ def read_code(stream: TextIO) -> str:
 
     Anything else is returned whole, for :func:`keys.parse_pairing_code` to refuse.
     """
-    text = _ask_without_echo(stream) if stream.isatty() else stream.read(MAX_INPUT)
+    try:
+        text = _ask_without_echo(stream) if stream.isatty() else stream.read(MAX_INPUT)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise UsageError(
+            f"cannot read a pairing code from standard input ({error}): pipe it in, or run "
+            "`convosyncd key import` at a terminal and paste it"
+        ) from None
     if not text.strip():
         raise UsageError(
             "no pairing code was given: run `convosyncd key show` on a device that has the "
