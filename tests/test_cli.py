@@ -274,8 +274,9 @@ def test_a_poll_with_nothing_new_asks_for_the_tip_and_fetches_nothing(
 
 def test_a_reader_that_goes_away_is_no_crash(tmp_path: Path, remote: Path) -> None:
     desktop = make_device(tmp_path, remote, "desktop")
+    desktop.write_config(repos=[tmp_path / f"repo-{number}" for number in range(300)])
     state = tmp_path / "home-state"
-    # `status` writes more than one line; the reader takes none and closes the pipe.
+    # `status` writes far more than a pipe's buffer; the reader takes none and goes.
     result = subprocess.run(
         [
             "/bin/sh",
@@ -288,5 +289,5 @@ def test_a_reader_that_goes_away_is_no_crash(tmp_path: Path, remote: Path) -> No
         env=cli_env({"XDG_STATE_HOME": str(state)}),
         check=False,
     )
-    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr == ""
     assert not (state / "convosync" / "crash.log").exists()
