@@ -103,7 +103,7 @@ def check_here(config: Config, repo: RepoConfig, budget: float) -> str | None:
     thread.start()
     thread.join(budget)
     if not outcome:
-        return f"the remote could not be checked within {budget:.1f} s"
+        return f"the remote could not be checked within {config.fresh_timeout:g} s"
     problem = outcome[0]
     if problem is None:
         return None
