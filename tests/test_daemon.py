@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from convosyncd import state as states
+from convosyncd.daemon import poll_retry_delay
 from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
 from tests.support.devices import (
     DaemonProcess,
@@ -549,3 +550,15 @@ def test_status_is_right_as_soon_as_a_retried_push_went_through(
         assert repo["pending"] == 0 and repo["last_push"] is not None
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_failing_repo_is_retried_further_and_further_apart() -> None:
+    """Doubling from pull_interval, not stuck at a minute (as it was at the defaults)."""
+    delays = [poll_retry_delay(failures, 60.0, jitter=1.0) for failures in range(1, 8)]
+    assert delays == [60.0, 120.0, 240.0, 480.0, 900.0, 900.0, 900.0]
+    assert [poll_retry_delay(n, 1.0, jitter=1.0) for n in range(1, 5)] == [1.0, 2.0, 4.0, 8.0]
+    # Jitter only ever shortens a wait, and never below pull_interval.
+    for failures in range(1, 8):
+        delay = poll_retry_delay(failures, 60.0)
+        assert 60.0 <= delay <= delays[failures - 1]
+    assert poll_retry_delay(3, 3600.0, jitter=1.0) == 3600.0, "never more often than polls"

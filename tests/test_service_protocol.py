@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from convosyncd.state import Event, RepoState
 from convosyncd.scheduler import Scheduler
+from convosyncd.state import Event, RepoState
 from convosyncd.systemd_notify import NotifySocket, status_line, watchdog_period
 from tests.support.devices import handoff_text, make_device, make_remote
 from tests.support.service_manager import NotifyListener
