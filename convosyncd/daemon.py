@@ -645,8 +645,11 @@ class Daemon:
             try:
                 config = configs.load(self.config_path)
             except ConfigError as error:
-                # Only an edit can fix the file: wait for the next one.
+                # Only an edit can fix the file: wait for the next one. The last good
+                # config stays, and is applied again if it did not apply in full.
                 self._config_stamp = stamp
+                if not self._applied:
+                    self._apply_config(self.config)
                 message = str(error)
                 if message != self.config_error:
                     self.config_error = message

@@ -232,11 +232,11 @@ def _report(context: Context, arrivals: list[_Arrivals], costs: list[_Cost]) -> 
         )
     for cost in costs:
         checked, unchecked = Summary.of(cost.checked), Summary.of(cost.unchecked)
-        adds = checked.median - unchecked.median
         differences = [
             with_check - without
             for with_check, without in zip(cost.checked, cost.unchecked, strict=True)
         ]
+        adds = Summary.of(differences).median
         report.add(
             Row(
                 "session",
