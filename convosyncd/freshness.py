@@ -87,7 +87,8 @@ def check_here(config: Config, repo: RepoConfig, budget: float) -> str | None:
 
     def work() -> None:
         try:
-            limited = dataclasses.replace(config, network_timeout=max(0.05, budget))
+            timeout = max(0.05, min(config.network_timeout, budget))
+            limited = dataclasses.replace(config, network_timeout=timeout)
             # No notification: the handoff that arrives goes straight into the session.
             sync = RepoSync(limited, repo, Notifier(enabled=False, timeout=0.1))
             sync.synced.lock_wait = budget

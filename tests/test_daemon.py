@@ -562,3 +562,28 @@ def test_a_failing_repo_is_retried_further_and_further_apart() -> None:
         delay = poll_retry_delay(failures, 60.0)
         assert 60.0 <= delay <= delays[failures - 1]
     assert poll_retry_delay(3, 3600.0, jitter=1.0) == 3600.0, "never more often than polls"
+
+
+def test_after_a_kill_9_the_commands_work_alone_and_a_new_daemon_takes_the_socket_over(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    laptop = make_device(tmp_path, remote, "laptop", pull_interval=60.0)
+    daemon = laptop.start()
+    daemon.wait_for_log(r"control socket ")
+    daemon.process.kill()
+    daemon.process.wait()
+    assert (laptop.state / "control.json").exists(), "left behind, as by any crash"
+    report = laptop.status()
+    assert report["daemon_answered"] is False and report["daemon_running"] is False
+    desktop.write_draft(handoff_text("While the laptop's daemon was dead", fact="kiwi"))
+    assert desktop.cli("sync").returncode == 0
+    hook = laptop.cli("resume", "--hook", cwd=laptop.repo)
+    assert hook.returncode == 0 and "kiwi" in hook.stdout, hook.stderr
+    assert laptop.cli("sync").returncode == 0
+    again = laptop.start()
+    try:
+        again.wait_for_log(r"control socket ")
+        assert laptop.status()["daemon_answered"] is True
+    finally:
+        assert again.stop() == 0
