@@ -243,7 +243,7 @@ class ControlServer:
     def _clear_stale(self) -> None:
         """Remove the socket and private folder a killed daemon left behind."""
         old = socket_path(self.state_dir)
-        if old is None:
+        if old is None or old.name != SOCKET_NAME:
             return
         _remove_socket(old)
         folder = old.parent

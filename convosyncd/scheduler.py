@@ -107,10 +107,6 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name=f"{self.name}-timer", daemon=True)
         self._thread.start()
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and not self._closing
-
     def shutdown(self, *, wait: bool = True) -> None:
         """Run nothing more; with ``wait``, return once the runs in flight have ended."""
         with self._condition:
