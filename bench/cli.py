@@ -27,7 +27,7 @@ from bench.report import Report, machine
 
 
 def _runners() -> dict[str, Callable[[Context], None]]:
-    from bench.sections import arrival, history, idle, publish, startup
+    from bench.sections import arrival, history, idle, publish, session, startup, wake
 
     return {
         "publish": publish.run,
@@ -35,6 +35,8 @@ def _runners() -> dict[str, Callable[[Context], None]]:
         "idle": idle.run,
         "history": history.run,
         "startup": startup.run,
+        "session": session.run,
+        "wake": wake.run,
     }
 
 

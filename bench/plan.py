@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-SECTIONS = ("publish", "arrival", "idle", "history", "startup")
+SECTIONS = ("publish", "arrival", "idle", "history", "startup", "session", "wake")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class Plan:
     device_counts: tuple[int, ...] = (2, 50)
     startup_repos: tuple[int, ...] = (1, 100)
     startup_samples: int = 30
+    fresh_samples: int = 30
+    """Sessions started per condition of the session-start rows."""
+    wake_repos: tuple[int, ...] = (10, 100)
+    wake_samples: int = 10
     warmup: int = 2
     """Uncounted samples first: imports and first fetches are paid once per daemon."""
 
@@ -35,6 +39,8 @@ class Plan:
             samples=samples,
             arrival_samples=samples,
             startup_samples=samples,
+            fresh_samples=samples,
+            wake_samples=samples,
         )
 
 
@@ -49,6 +55,9 @@ QUICK = Plan(
     idle_seconds=10.0,
     history_per_commit=20,
     startup_samples=3,
+    fresh_samples=10,
+    wake_repos=(100,),
+    wake_samples=5,
     warmup=1,
 )
 
@@ -66,6 +75,9 @@ SMOKE = Plan(
     device_counts=(2,),
     startup_repos=(2,),
     startup_samples=2,
+    fresh_samples=3,
+    wake_repos=(2,),
+    wake_samples=2,
     warmup=1,
 )
 

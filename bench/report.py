@@ -19,6 +19,8 @@ SECTION_TITLES = {
     "idle": "3. Idle cost",
     "history": "4. History",
     "startup": "5. Start-up",
+    "session": "6. Session start",
+    "wake": "7. Waking up",
 }
 
 DASH = "–"

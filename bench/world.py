@@ -45,6 +45,7 @@ POLL = 0.002
 _SEALED_PREFIXES = ("GIT_", "XDG_", "CONVOSYNC_")
 _SEALED_NAMES = (
     "DBUS_SESSION_BUS_ADDRESS",
+    "DBUS_SYSTEM_BUS_ADDRESS",
     "DISPLAY",
     "WAYLAND_DISPLAY",
     "NOTIFY_SOCKET",
@@ -76,6 +77,9 @@ def seal(root: Path) -> None:
             "XDG_RUNTIME_DIR": str(runtime),
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+            # Daemons listen to a private system bus where a section starts one, never
+            # to the machine's own.
+            "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={runtime}/no-system-bus",
             # Compiled modules go here, not into the source tree: the first daemon pays
             # for compiling, as an installation does once, and later starts do not.
             "PYTHONPYCACHEPREFIX": str(root / "pycache"),

@@ -46,7 +46,11 @@ DEFAULTS: dict[str, Any] = {
     "secrets": "redact",
     "network_timeout": 30.0,
     "notify_timeout": 5.0,
+    "fresh_timeout": 2.0,
 }
+
+FRESH_TIMEOUT_LIMIT = 60.0
+"""Claude Code gives a hook a minute; a session start never waits longer for a check."""
 
 TEMPLATE = """\
 # convosyncd configuration. `convosyncd add PATH` and `convosyncd remove PATH` edit the
@@ -66,6 +70,10 @@ notify = true
 
 # Drafts larger than this are refused (and left where they are).
 max_draft_bytes = 1048576
+
+# Seconds a session start may wait while the remote is checked for newer handoffs
+# (0: no check, hand over what this machine has).
+fresh_timeout = 2.0
 
 # What to do with API keys, tokens and private keys found in a draft:
 # "redact" publishes with each replaced by [REDACTED:<kind>]; "block" refuses the draft.
@@ -97,6 +105,7 @@ class Config:
     secrets: SecretsPolicy = DEFAULTS["secrets"]
     network_timeout: float = DEFAULTS["network_timeout"]
     notify_timeout: float = DEFAULTS["notify_timeout"]
+    fresh_timeout: float = DEFAULTS["fresh_timeout"]
     repos: tuple[RepoConfig, ...] = field(default=())
 
     def repo_for(self, path: Path) -> RepoConfig | None:
@@ -208,6 +217,17 @@ def parse(data: Mapping[str, Any], config_path: Path) -> Config:
                 )
             else:
                 values[key] = float(value)
+    if "fresh_timeout" in data:
+        value = data["fresh_timeout"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"'fresh_timeout' is {value!r}; expected a number of seconds")
+        elif not 0 <= value <= FRESH_TIMEOUT_LIMIT:
+            problems.append(
+                f"'fresh_timeout' is {value!r}; expected seconds between 0 (no check at "
+                f"session start) and {FRESH_TIMEOUT_LIMIT:g}"
+            )
+        else:
+            values["fresh_timeout"] = float(value)
     if "notify" in data:
         if isinstance(data["notify"], bool):
             values["notify"] = data["notify"]

@@ -8,8 +8,10 @@ does not get it again. When there is nothing new it prints nothing.
 
 It must never spoil a session start: every problem (no config, an unregistered folder,
 no git, a broken state file) is one line on standard error and exit code 0. It must be
-fast: it reads the local sync branch only (the daemon keeps it current), never the
-network, and imports nothing heavy.
+fast and fresh: it first has the remote checked, by the running daemon or by itself,
+for at most ``fresh_timeout`` seconds (:mod:`convosyncd.freshness`; when that fails,
+the ``systemMessage`` says so), then reads the local sync branch, importing nothing
+heavy.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from convosyncd import state as states
 from convosyncd.catalog import Catalog
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import ConvosyncError
+from convosyncd.freshness import freshen
 from convosyncd.gitcmd import Git
 from convosyncd.gitstore import SyncBranch
 from convosyncd.handoff import Handoff, clip, describe_age, parse_time, plain_text
@@ -237,13 +240,14 @@ def context_text(
     return "\n".join(lines) + "\n"
 
 
-def hook_output(context: str, handoff: Handoff, now: datetime) -> str:
-    """The hook's JSON: the context for the assistant and one line for the person."""
+def hook_output(context: str, handoff: Handoff, now: datetime, note: str | None = None) -> str:
+    """The hook's JSON: the context for the assistant and one line for the person
+    (``note``: why newer handoffs may exist, from :func:`convosyncd.freshness.freshen`)."""
     message = plain_text(
         f"convosync: loaded the handoff from {handoff.device} "
         f"({describe_age(handoff.created, now)}): {handoff.task}",
         200,
-    )
+    ) + (f"; {plain_text(note, 200)}" if note else "")
     return json.dumps(
         {
             "hookSpecificOutput": {"hookEventName": HOOK_EVENT, "additionalContext": context},
@@ -355,6 +359,7 @@ def _run(args: argparse.Namespace) -> int:
     if not repo.path.is_dir():
         hint(f"the registered repo folder {repo.path} is missing; no handoff was loaded")
         return 0
+    note = freshen(config, repo, config.fresh_timeout)
     now = datetime.now(timezone.utc)
     stale = _staleness(config, repo, now)
     keyring = keys.load(keys.key_file(config.path))
@@ -385,12 +390,14 @@ def _run(args: argparse.Namespace) -> int:
     if handoff is None:
         if stale:
             hint(stale)
+        if note:
+            print(json.dumps({"systemMessage": f"convosync: {plain_text(note, 200)}"}), flush=True)
         return 0
     head: HeadInfo | None = None
     with contextlib.suppress(ConvosyncError):
         head = WorkTree(repo.path, git).head()
-    context = context_text(handoff, repo_path=repo.path, head=head, now=now, note=stale)
-    sys.stdout.write(hook_output(context, handoff, now) + "\n")
+    context = context_text(handoff, repo_path=repo.path, head=head, now=now, note=note or stale)
+    sys.stdout.write(hook_output(context, handoff, now, note) + "\n")
     sys.stdout.flush()
     # Remember only once it is out: a handoff that never reached the assistant is
     # handed over next time. What is no longer on the branch is forgotten meanwhile.

@@ -157,7 +157,7 @@ def setup(*, verbose: bool = False, daemon: bool = False, state_dir: Path | None
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("apscheduler", "watchdog", "filelock", "git"):
+    for noisy in ("watchdog", "filelock", "git"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if problem is not None:
         logging.getLogger(__name__).warning("%s", problem)

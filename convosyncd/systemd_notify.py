@@ -6,9 +6,9 @@ When systemd runs ``convosyncd run`` as a ``Type=notify`` service it sets
 ``STATUS=`` with a one-line summary whenever it changes, and ``STOPPING=1`` when it
 shuts down. Without a ``NOTIFY_SOCKET`` nothing is sent and nothing fails.
 
-The watchdog pings are an APScheduler job run by a :class:`DebugExecutor`, which runs
-a job inside the scheduler's own thread instead of handing it to the worker pool: if
-that thread wedges, the pings stop and systemd restarts the daemon. (A ping from any
+The watchdog pings are an inline job of the daemon's scheduler
+(:mod:`convosyncd.scheduler`), run inside its timer thread instead of the worker pool:
+if that thread wedges, the pings stop and systemd restarts the daemon. (A ping from any
 other thread would keep a daemon whose scheduler is stuck looking alive.) Being off the
 worker pool also means a pool busy with slow remotes never delays a ping.
 """
@@ -22,12 +22,10 @@ from typing import Any
 
 import sdnotify
 
+from convosyncd.scheduler import Scheduler
 from convosyncd.state import RepoState
 
 log = logging.getLogger(__name__)
-
-SCHEDULER_THREAD = "scheduler-thread"
-"""The APScheduler executor alias whose jobs run in the scheduler's own thread."""
 
 STATUS_INTERVAL = 5.0
 """Seconds between checks of whether the one-line status changed."""
@@ -116,28 +114,23 @@ class NotifySocket:
     def stopping(self) -> None:
         self.send("STOPPING=1\nSTATUS=stopping: finishing the work in flight")
 
-    def schedule(self, scheduler: Any, summary: Callable[[], str]) -> None:
-        """Add the watchdog and status jobs to a running APScheduler 3 ``scheduler``."""
+    def schedule(self, scheduler: Scheduler, summary: Callable[[], str]) -> None:
+        """Add the watchdog and status jobs to a running ``scheduler``, in its own thread."""
         if not self.enabled:
             return
-        from apscheduler.executors.debug import DebugExecutor
-
-        scheduler.add_executor(DebugExecutor(), SCHEDULER_THREAD)
         if self.watchdog is not None:
-            scheduler.add_job(
+            scheduler.schedule(
+                "service-watchdog",
                 self.alive,
-                "interval",
-                seconds=self.watchdog,
-                id="service-watchdog",
-                executor=SCHEDULER_THREAD,
-                replace_existing=True,
+                delay=self.watchdog,
+                every=self.watchdog,
+                inline=True,
             )
             log.info("service watchdog: pinging every %g s", self.watchdog)
-        scheduler.add_job(
+        scheduler.schedule(
+            "service-status",
             lambda: self.status(summary()),
-            "interval",
-            seconds=STATUS_INTERVAL,
-            id="service-status",
-            executor=SCHEDULER_THREAD,
-            replace_existing=True,
+            delay=STATUS_INTERVAL,
+            every=STATUS_INTERVAL,
+            inline=True,
         )

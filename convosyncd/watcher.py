@@ -5,6 +5,10 @@ until ``.convosync/`` exists as a real folder, not a symbolic link), and the con
 file's folder is watched for edits. An event only tells the daemon which repo to look
 at; the daemon reads the files itself, and polls them anyway, because a watcher can miss
 events.
+
+The watcher must never stop quietly (the daemon would go on, noticing drafts only at
+its polls, a minute late): an exception in a callback is logged and the events keep
+coming, and :meth:`DraftWatcher.check` restarts an observer whose thread has died.
 """
 
 from __future__ import annotations
@@ -42,14 +46,28 @@ def _paths(event: FileSystemEvent) -> list[str]:
     return paths
 
 
-class _RepoHandler(FileSystemEventHandler):
-    def __init__(self, watcher: DraftWatcher, repo: Path) -> None:
-        self.watcher = watcher
-        self.repo = repo
+class _GuardedHandler(FileSystemEventHandler):
+    """An event handler whose exceptions are logged, never raised into the observer:
+    watchdog's observer thread ends at the first exception that reaches it."""
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        try:
+            self.handle(event)
+        except Exception:
+            log.exception("unexpected error handling the file event %s", event)
+
+    def handle(self, event: FileSystemEvent) -> None:
+        raise NotImplementedError
+
+
+class _RepoHandler(_GuardedHandler):
+    def __init__(self, watcher: DraftWatcher, repo: Path) -> None:
+        self.watcher = watcher
+        self.repo = repo
+
+    def handle(self, event: FileSystemEvent) -> None:
         for path in _paths(event):
             name = os.path.basename(path)
             if name == DRAFT_NAME:
@@ -60,16 +78,20 @@ class _RepoHandler(FileSystemEventHandler):
                 return
 
 
-class _ConfigHandler(FileSystemEventHandler):
+class _ConfigHandler(_GuardedHandler):
     def __init__(self, watcher: DraftWatcher, config_path: Path) -> None:
         self.watcher = watcher
         self.name = config_path.name
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
+    def handle(self, event: FileSystemEvent) -> None:
         if any(os.path.basename(path) == self.name for path in _paths(event)):
             self.watcher.on_config()
+
+
+def _observer() -> BaseObserver:
+    observer = Observer()
+    observer.daemon = True
+    return observer
 
 
 class DraftWatcher:
@@ -84,21 +106,44 @@ class DraftWatcher:
         self.on_draft = on_draft
         self.on_layout = on_layout
         self.on_config = on_config
-        self._observer: BaseObserver = Observer()
-        self._observer.daemon = True
+        self._observer = _observer()
         self._watched: dict[Path, _Watched] = {}
+        self._config_path: Path | None = None
         self._config_watch: ObservedWatch | None = None
         self._lock = threading.Lock()
+        self._running = False
 
     def start(self) -> None:
         self._observer.start()
+        self._running = True
 
     def stop(self) -> None:
+        self._running = False
         self._observer.stop()
         self._observer.join(timeout=5)
 
+    def check(self) -> bool:
+        """Restart the observer if its thread has died; whether it had to."""
+        if not self._running or self._observer.is_alive():
+            return False
+        log.error(
+            "the file watcher stopped; restarting it (until now drafts were noticed only "
+            "by the polls)"
+        )
+        with self._lock:
+            repos = list(self._watched)
+            self._watched.clear()
+        self._observer = _observer()
+        self._observer.start()
+        if self._config_path is not None:
+            self.watch_config(self._config_path)
+        for repo in repos:
+            self.ensure(repo)
+        return True
+
     def watch_config(self, config_path: Path) -> None:
         """Watch the folder holding the config file (created if missing)."""
+        self._config_path = config_path
         folder = config_path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import http.client
 import json
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,32 @@ def test_a_handoff_written_by_generate_handoff_reaches_the_other_devices_next_se
     assert bravo.cli("sync").returncode == 0
     context = handed_over(client.start_session(bravo, "Where did I leave off?"))
     assert fact in context and task in context
+
+
+@pytest.mark.timeout(900)
+def test_a_handoff_pushed_a_second_before_a_session_starts_is_in_it_ten_times_out_of_ten(
+    client: Client, alpha: Device, bravo: Device, remote: Path
+) -> None:
+    """Fresh at session start: both daemons poll only every minute, so only the hook's
+    check of the remote (through bravo's daemon) can bring what alpha just pushed."""
+    for device in (alpha, bravo):
+        device.write_config(pull_interval=60.0)
+    daemons = [alpha.start(), bravo.start()]
+    try:
+        daemons[1].wait_for_log("control socket ")
+        for number in range(10):
+            fact = f"the release train for step {number} leaves from platform {number + 3}"
+            alpha.write_draft(handoff_text(f"Release step {number}", fact=fact))
+            wait_until(
+                lambda: len(on_remote(remote, "alpha")) == number + 1,  # noqa: B023 - at once
+                30,
+                f"alpha's handoff {number} on the remote",
+            )
+            time.sleep(1.0)
+            context = handed_over(client.start_session(bravo, "Where did I leave off?"))
+            assert fact in context, f"session {number} lacks the handoff pushed 1 s before it"
+            assert f"Release step {number}" in context
+    finally:
+        stopped = [daemon.stop() for daemon in daemons]
+    assert stopped == [0, 0], daemons[1].log()
+    assert "pulled convosync from origin" in daemons[1].log()

@@ -120,3 +120,26 @@ def test_re_adding_with_another_remote_keeps_the_tables_other_keys(tmp_path: Pat
     [repo] = configs.load(path).repos
     assert (repo.remote, repo.mode) == ("upstream", "inline")
     assert "# my app" in path.read_text(encoding="utf-8")
+
+
+def test_fresh_timeout_defaults_to_two_seconds_and_0_turns_the_check_off(tmp_path: Path) -> None:
+    assert configs.load(tmp_path / "absent.toml").fresh_timeout == 2.0
+    assert configs.load(write(tmp_path, "fresh_timeout = 0\n")).fresh_timeout == 0.0
+    assert configs.load(write(tmp_path, "fresh_timeout = 0.5\n")).fresh_timeout == 0.5
+    for value, expected in (
+        ("-1", "'fresh_timeout' is -1; expected seconds between 0 (no check at session start)"),
+        ("61", "'fresh_timeout' is 61; expected seconds between 0"),
+        ("true", "'fresh_timeout' is True; expected a number of seconds"),
+        ("'soon'", "'fresh_timeout' is 'soon'; expected a number of seconds"),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            configs.load(write(tmp_path, f"fresh_timeout = {value}\n"))
+        assert expected in str(raised.value)
+
+
+def test_the_template_documents_and_sets_fresh_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "config.toml"
+    configs.save_repo(path, RepoConfig(Path("/src/app")))
+    text = path.read_text(encoding="utf-8")
+    assert "# Seconds a session start may wait while the remote is checked" in text
+    assert configs.load(path).fresh_timeout == 2.0

@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from convosyncd import state as states
+from convosyncd.daemon import poll_retry_delay
 from tests.support.dbus_session import RecordingNotificationServer, env_for_bus
 from tests.support.devices import (
+    DaemonProcess,
+    cli_env,
     git,
     handoff_text,
     make_device,
@@ -346,3 +352,238 @@ def test_idle_polls_record_their_time_without_rewriting_state_files(
         wait_until(lambda: state_file.stat().st_mtime_ns != written, 10, "the state saved")
     finally:
         assert daemon.stop() == 0
+
+
+# -- through the control socket ----------------------------------------------------------
+
+
+def test_sync_and_status_go_through_the_running_daemon(tmp_path: Path, remote: Path) -> None:
+    # settle = 30: the daemon would not take the draft in by itself during the test.
+    desktop = make_device(tmp_path, remote, "desktop", settle=30.0, pull_interval=60.0)
+    daemon = desktop.start()
+    try:
+        daemon.wait_for_log(r"control socket ")
+        desktop.write_draft(handoff_text("Synced by the daemon"))
+        result = desktop.cli("sync")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "published" in result.stdout and "pushed" in result.stdout
+        daemon.wait_for_log(r"pushed the sync branch")
+        assert on_remote(remote)
+
+        # status reads the daemon's memory: a state file gone bad on disk does not show.
+        [state_file] = (desktop.state / "repos").glob("*.json")
+        state_file.write_text("{ not json", encoding="utf-8")
+        report = desktop.status()
+        assert report["daemon_answered"] is True and report["daemon_running"] is True
+        [repo] = report["repos"]
+        assert repo["last_push"] is not None and repo["last_error"] is None
+    finally:
+        assert daemon.stop() == 0
+    # Without a daemon, the files speak (and the bad one says so).
+    report = desktop.status()
+    assert report["daemon_answered"] is False and report["daemon_running"] is False
+    assert "unreadable" in report["repos"][0]["last_error"]["message"]
+    assert not (desktop.state / "control.json").exists()
+
+
+def test_the_hook_has_the_running_daemon_check_the_remote_first(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    laptop = make_device(tmp_path, remote, "laptop", pull_interval=60.0)
+    daemon = laptop.start()
+    try:
+        daemon.wait_for_log(r"control socket ")
+        wait_until(lambda: bool(laptop.status()["repos"][0]["last_poll"]), 10, "a first poll")
+        desktop.write_draft(handoff_text("Just pushed", fact="pizza: Margherita"))
+        assert desktop.cli("sync").returncode == 0
+        # The daemon's next poll is a minute away: only a check now brings the handoff.
+        output = run_cli(
+            "--config",
+            str(laptop.config),
+            "resume",
+            "--hook",
+            cwd=laptop.repo,
+        )
+        assert output.returncode == 0, output.stderr
+        data = json.loads(output.stdout)
+        assert "pizza: Margherita" in data["hookSpecificOutput"]["additionalContext"]
+        assert "could not be checked" not in data["systemMessage"]
+        daemon.wait_for_log(r"pulled convosync from origin")
+        # resume (for a person) checks the same way, and says nothing when it could.
+        desktop.write_draft(handoff_text("Pushed again", fact="pizza: Marinara"))
+        assert desktop.cli("sync").returncode == 0
+        shown = laptop.cli("resume", cwd=laptop.repo)
+        assert shown.returncode == 0 and "pizza: Marinara" in shown.stdout
+        assert shown.stderr == ""
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_check_the_daemon_cannot_finish_in_time_is_said_not_waited_for(
+    tmp_path: Path, remote: Path
+) -> None:
+    laptop = make_device(
+        tmp_path, remote, "laptop", pull_interval=60.0, fresh_timeout=1.0, network_timeout=20.0
+    )
+    with silent_listener() as port:
+        git(laptop.repo, "remote", "set-url", "origin", f"http://127.0.0.1:{port}/app.git")
+        daemon = laptop.start()
+        try:
+            daemon.wait_for_log(r"control socket ")
+            start = time.monotonic()
+            output = laptop.cli("resume", "--hook", cwd=laptop.repo)
+            took = time.monotonic() - start
+            assert output.returncode == 0, output.stderr
+            data = json.loads(output.stdout)
+            assert data["systemMessage"].startswith(
+                "convosync: the remote could not be checked within 1 s"
+            )
+            assert took < 10, "fresh_timeout, not network_timeout"
+        finally:
+            assert daemon.stop(timeout=40) == 0
+
+
+# -- liveness ------------------------------------------------------------------------------
+
+
+def test_sighup_reloads_the_config(tmp_path: Path, remote: Path) -> None:
+    desktop = make_device(tmp_path, remote, "desktop", pull_interval=60.0)
+    daemon = desktop.start()
+    try:
+        before = desktop.config.stat()
+        # An edit the stamp cannot see (same size, same modification time): only a
+        # SIGHUP makes the daemon read the file again.
+        text = desktop.config.read_text(encoding="utf-8")
+        desktop.config.write_text(text.replace("settle = 0.2", "settle = 0.3"), encoding="utf-8")
+        os.utime(desktop.config, ns=(before.st_atime_ns, before.st_mtime_ns))
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for_log(r"received SIGHUP: reloading the config")
+        daemon.wait_for_log(r"config changed")
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for_log(r"config unchanged")
+        assert daemon.process.poll() is None, "SIGHUP does not end the daemon"
+    finally:
+        assert daemon.stop() == 0
+
+
+FLAKY_DAEMON = """\
+import sys
+from pathlib import Path
+
+import convosyncd.daemon as daemon
+
+flag = Path(sys.argv[1])
+Original = daemon.RepoSync
+
+
+class Flaky(Original):
+    def __init__(self, config, repo, *args, **kwargs):
+        if flag.exists() and repo.path.name == "app-flaky":
+            raise OSError(f"cannot set {repo.path} up (injected)")
+        super().__init__(config, repo, *args, **kwargs)
+
+
+daemon.RepoSync = Flaky
+from convosyncd.cli import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_config_that_fails_to_apply_is_retried_until_it_does(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop", pull_interval=60.0)
+    flaky_remote = make_remote(tmp_path, "flaky.git")
+    flaky = tmp_path / "app-flaky"
+    git(tmp_path, "clone", "--quiet", str(flaky_remote), str(flaky))
+    flag = tmp_path / "fail"
+    flag.touch()
+    script = tmp_path / "flaky_daemon.py"
+    script.write_text(FLAKY_DAEMON, encoding="utf-8")
+    log_path = tmp_path / "flaky.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(flag), "--config", str(desktop.config), "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+        )
+    daemon = DaemonProcess(desktop, process, log_path)
+    try:
+        daemon.wait_for_log("running as device")
+        desktop.write_config(repos=[desktop.repo, flaky])
+        daemon.wait_for_log(r"1 repo\(s\) could not be set up, .*cannot set .*app-flaky up")
+        # The other repo of the same config is set up and syncing all the same.
+        desktop.write_draft(handoff_text("Not held up by the other repo"))
+        wait_until(lambda: bool(on_remote(remote)), 10, "the healthy repo's push")
+        flag.unlink()  # the trouble goes away; the config file does not change
+        daemon.wait_for_log(rf"watching {flaky} ", timeout=20)
+        daemon.wait_for_log(r"config applied in full")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_status_is_right_as_soon_as_a_retried_push_went_through(
+    tmp_path: Path, remote: Path
+) -> None:
+    # pull_interval = 60: no poll comes to save the state in the meantime.
+    desktop = make_device(tmp_path, remote, "desktop", pull_interval=60.0)
+    daemon = desktop.start()
+    try:
+        wait_until(lambda: bool(desktop.status()["repos"][0]["last_poll"]), 10, "a first poll")
+        remote.rename(tmp_path / "away.git")
+        desktop.write_draft(handoff_text("Pushed on a retry"))
+        daemon.wait_for_log(r"next push in")
+        (tmp_path / "away.git").rename(remote)
+        daemon.wait_for_log(r"pushed the sync branch", timeout=30)
+        [state_file] = (desktop.state / "repos").glob("*.json")
+
+        def saved() -> bool:
+            state, _ = states.load(state_file, repair=False)
+            return state.pending == 0 and state.last_push is not None
+
+        wait_until(saved, 5, "the state file to show the push")
+        [repo] = desktop.status()["repos"]
+        assert repo["pending"] == 0 and repo["last_push"] is not None
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_failing_repo_is_retried_further_and_further_apart() -> None:
+    """Doubling from pull_interval, not stuck at a minute (as it was at the defaults)."""
+    delays = [poll_retry_delay(failures, 60.0, jitter=1.0) for failures in range(1, 8)]
+    assert delays == [60.0, 120.0, 240.0, 480.0, 900.0, 900.0, 900.0]
+    assert [poll_retry_delay(n, 1.0, jitter=1.0) for n in range(1, 5)] == [1.0, 2.0, 4.0, 8.0]
+    # Jitter only ever shortens a wait, and never below pull_interval.
+    for failures in range(1, 8):
+        delay = poll_retry_delay(failures, 60.0)
+        assert 60.0 <= delay <= delays[failures - 1]
+    assert poll_retry_delay(3, 3600.0, jitter=1.0) == 3600.0, "never more often than polls"
+
+
+def test_after_a_kill_9_the_commands_work_alone_and_a_new_daemon_takes_the_socket_over(
+    tmp_path: Path, remote: Path
+) -> None:
+    desktop = make_device(tmp_path, remote, "desktop")
+    laptop = make_device(tmp_path, remote, "laptop", pull_interval=60.0)
+    daemon = laptop.start()
+    daemon.wait_for_log(r"control socket ")
+    daemon.process.kill()
+    daemon.process.wait()
+    assert (laptop.state / "control.json").exists(), "left behind, as by any crash"
+    report = laptop.status()
+    assert report["daemon_answered"] is False and report["daemon_running"] is False
+    desktop.write_draft(handoff_text("While the laptop's daemon was dead", fact="kiwi"))
+    assert desktop.cli("sync").returncode == 0
+    hook = laptop.cli("resume", "--hook", cwd=laptop.repo)
+    assert hook.returncode == 0 and "kiwi" in hook.stdout, hook.stderr
+    assert laptop.cli("sync").returncode == 0
+    again = laptop.start()
+    try:
+        again.wait_for_log(r"control socket ")
+        assert laptop.status()["daemon_answered"] is True
+    finally:
+        assert again.stop() == 0

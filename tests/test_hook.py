@@ -38,6 +38,7 @@ from tests.support.claude import (
     run_session_start,
 )
 from tests.support.devices import Device, git, handoff_text, make_device
+from tests.support.network import silent_listener
 
 PIZZA = "the person's favourite pizza is Margherita"
 NOW = datetime(2026, 11, 23, 22, 0, tzinfo=timezone.utc)
@@ -280,10 +281,12 @@ def test_silent_when_nothing_new_and_each_new_handoff_once(desktop: Device, lapt
     assert hook(laptop) == ""
 
 
-def test_reads_no_network_and_imports_nothing_heavy(desktop: Device, laptop: Device) -> None:
+def test_a_remote_gone_is_said_and_nothing_heavy_is_imported(
+    desktop: Device, laptop: Device
+) -> None:
     publish(desktop, handoff_text("Offline", fact=PIZZA))
     laptop.cli("sync")
-    # A remote that cannot be reached: the hook must not notice.
+    # A remote that cannot be reached: what this machine has is handed over, and said so.
     git(laptop.repo, "remote", "set-url", "origin", "/nonexistent/remote.git")
     result = subprocess.run(
         [
@@ -306,7 +309,11 @@ def test_reads_no_network_and_imports_nothing_heavy(desktop: Device, laptop: Dev
         check=False,
     )
     assert result.returncode == 0
-    assert PIZZA in parse_hook_output(result.stdout)["hookSpecificOutput"]["additionalContext"]
+    data = parse_hook_output(result.stdout)
+    assert PIZZA in data["hookSpecificOutput"]["additionalContext"]
+    assert "the remote could not be checked" in data["systemMessage"]
+    assert "loaded the handoff from desktop" in data["systemMessage"]
+    assert "\n" not in data["systemMessage"]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     heavy = {"watchdog", "apscheduler", "git", "detect_secrets", "plyer", "jeepney", "tomlkit"}
     assert not heavy & {name.split(".")[0] for name in imported}
@@ -391,6 +398,7 @@ def test_two_sessions_starting_together_stay_valid(desktop: Device, laptop: Devi
 
 
 def test_a_stale_local_copy_is_said_once_and_never_blocks(desktop: Device, laptop: Device) -> None:
+    laptop.write_config(fresh_timeout=0)  # no check of the remote: the local copy only
     quiet = run_hook(laptop)
     assert quiet.returncode == 0 and quiet.stdout == ""
     assert "has never checked the remote" in quiet.stderr
@@ -457,3 +465,59 @@ def test_the_memory_forgets_handoffs_no_longer_on_the_branch(
     assert second != first and second.startswith("desktop/")
     assert second.split("/", 1)[1] in git(laptop.repo, "ls-tree", "-r", "refs/heads/convosync")
     assert hook(laptop) == "", "the handoff handed over is remembered"
+
+
+# -- fresh at session start ------------------------------------------------------------
+
+
+def test_a_handoff_pushed_a_moment_ago_is_checked_for_without_a_daemon(
+    desktop: Device, laptop: Device
+) -> None:
+    """No daemon on the laptop, never synced: the hook checks the remote itself."""
+    publish(desktop, handoff_text("Pushed a moment ago", fact=PIZZA))
+    result = run_hook(laptop)
+    assert result.returncode == 0, result.stderr
+    data = parse_hook_output(result.stdout)
+    assert PIZZA in data["hookSpecificOutput"]["additionalContext"]
+    assert "could not be checked" not in data["systemMessage"]
+    assert "Newer handoffs may exist" not in data["hookSpecificOutput"]["additionalContext"]
+    assert result.stderr == ""
+    # The check is the daemon's stages: the handoffs file and the poll time, as a poll.
+    assert "Pushed a moment ago" in laptop.materialized.read_text(encoding="utf-8")
+    assert laptop.status()["repos"][0]["last_poll"] is not None
+    assert hook(laptop) == "", "handed over once"
+
+
+def test_fresh_timeout_0_reads_only_what_this_machine_has(desktop: Device, laptop: Device) -> None:
+    laptop.write_config(fresh_timeout=0)
+    publish(desktop, handoff_text("Pushed a moment ago", fact=PIZZA))
+    assert hook(laptop) == ""
+    laptop.write_config(fresh_timeout=2.0)
+    assert PIZZA in hook(laptop)
+
+
+def test_a_remote_that_never_answers_costs_at_most_fresh_timeout(
+    desktop: Device, laptop: Device
+) -> None:
+    publish(desktop, handoff_text("Synced earlier", fact=PIZZA))
+    assert laptop.cli("sync").returncode == 0
+    laptop.write_config(fresh_timeout=1.0)
+    with silent_listener() as port:
+        git(laptop.repo, "remote", "set-url", "origin", f"http://127.0.0.1:{port}/app.git")
+        start = time.monotonic()
+        result = run_hook(laptop)
+        took = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    data = parse_hook_output(result.stdout)
+    assert PIZZA in data["hookSpecificOutput"]["additionalContext"]
+    assert "the remote could not be checked within 1 s" in data["systemMessage"]
+    assert took < 10, "bounded by fresh_timeout, not by network_timeout (30 s)"
+
+
+def test_nothing_new_and_an_unreachable_remote_is_one_system_message(laptop: Device) -> None:
+    git(laptop.repo, "remote", "set-url", "origin", "/nonexistent/remote.git")
+    result = run_hook(laptop)
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert set(data) == {"systemMessage"}
+    assert data["systemMessage"].startswith("convosync: the remote could not be checked")

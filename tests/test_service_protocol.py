@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from convosyncd.scheduler import Scheduler
 from convosyncd.state import Event, RepoState
-from convosyncd.systemd_notify import SCHEDULER_THREAD, NotifySocket, status_line, watchdog_period
+from convosyncd.systemd_notify import NotifySocket, status_line, watchdog_period
 from tests.support.devices import handoff_text, make_device, make_remote
 from tests.support.service_manager import NotifyListener
 
@@ -96,14 +97,11 @@ def test_watchdog_pings_come_from_the_scheduler_thread(
     listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A wedged scheduler thread stops the pings; a pool busy with slow jobs does not."""
-    from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.schedulers.background import BackgroundScheduler
-
     monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
     monkeypatch.setenv("WATCHDOG_USEC", "200000")
     service = NotifySocket()
     assert service.enabled and service.watchdog == pytest.approx(0.1)
-    scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(2)})
+    scheduler = Scheduler(2)
     scheduler.start()
     release = threading.Event()
     try:
@@ -112,7 +110,7 @@ def test_watchdog_pings_come_from_the_scheduler_thread(
             listener.wait_for(lambda m: "WATCHDOG" in m.fields, 2, "WATCHDOG=1")
 
         for number in range(2):  # every worker of the pool blocked
-            scheduler.add_job(release.wait, args=(30,), id=f"slow-{number}")
+            scheduler.schedule(f"slow-{number}", release.wait, 30)
         time.sleep(0.1)
         for _ in range(3):
             listener.wait_for(lambda m: "WATCHDOG" in m.fields, 2, "a ping despite a busy pool")
@@ -123,7 +121,7 @@ def test_watchdog_pings_come_from_the_scheduler_thread(
             wedged.set()
             release.wait(30)
 
-        scheduler.add_job(wedge, executor=SCHEDULER_THREAD, id="wedge")
+        scheduler.schedule("wedge", wedge, inline=True)
         assert wedged.wait(5)
         start = time.monotonic()
         while time.monotonic() - start < 1.0:

@@ -1,12 +1,15 @@
 """``convosyncd resume [PATH]``: the latest handoff of every other device, newest first.
 
-Reads the local sync branch only (the daemon keeps it current), so it is instant and
-works offline. ``--hook`` is the Claude Code session-start hook (:mod:`convosyncd.hook`).
+First has the remote checked, by the running daemon or by itself, for at most
+``fresh_timeout`` seconds (:mod:`convosyncd.freshness`), then reads the local sync
+branch; offline, it says the remote could not be checked and prints what this machine
+has. ``--hook`` is the Claude Code session-start hook (:mod:`convosyncd.hook`).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from convosyncd import state as states
 from convosyncd.catalog import Catalog
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import UsageError
+from convosyncd.freshness import freshen
 from convosyncd.gitcmd import Git
 from convosyncd.gitstore import SyncBranch
 from convosyncd.handoff import Handoff, describe_age
@@ -97,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"the repo folder {repo.path} is missing: put it back, or `convosyncd remove` it"
         )
+    note = freshen(config, repo, config.fresh_timeout)
+    if note:
+        print(f"convosyncd: {note}; showing what this machine has", file=sys.stderr)
     handoffs = others_latest(config, repo)
     if not handoffs:
         print(

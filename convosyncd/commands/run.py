@@ -15,7 +15,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: the daemon pulls in watchdog, APScheduler and the sync engine, which
+    # Imported here: the daemon pulls in watchdog, jeepney and the sync engine, which
     # every other command (the session-start hook above all) must not pay for.
     from convosyncd.daemon import Daemon
 

@@ -1,4 +1,9 @@
-"""``convosyncd status [--json]``: per repo, what waits, what happened last, what is wrong."""
+"""``convosyncd status [--json]``: per repo, what waits, what happened last, what is wrong.
+
+With a daemon running, each repo's state comes from the daemon's memory (through its
+control socket); a repo it does not watch yet, or every repo when no daemon runs, from
+the state files.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ import json
 from typing import Any
 
 from convosyncd import config as configs
-from convosyncd import plugin
+from convosyncd import control, plugin
 from convosyncd import state as states
-from convosyncd.config import Config
+from convosyncd.config import Config, RepoConfig
 from convosyncd.daemon_lock import daemon_running
+from convosyncd.state import RepoState
 
 
 def add_parser(subparsers: Any) -> None:
@@ -20,13 +26,44 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+ASK_TIMEOUT = 5.0
+"""Seconds to wait for the daemon's answer before reading the state files instead."""
+
+
+def from_daemon(config: Config) -> dict[str, Any] | None:
+    """The running daemon's own report (see ``Daemon.status_report``), or None."""
+    try:
+        reply = control.ask(config.state_dir, {"op": "status"}, timeout=ASK_TIMEOUT)
+    except control.ControlError:
+        return None
+    return reply if reply is not None and reply.get("ok") else None
+
+
+def _state_of(
+    config: Config,
+    repo: RepoConfig,
+    daemon: dict[str, Any] | None,
+    polls: dict[str, states.Event],
+) -> RepoState:
+    if daemon is not None:
+        data = daemon.get("repos", {}).get(str(repo.path))
+        if isinstance(data, dict):
+            try:
+                return RepoState.from_json(data)
+            except (ValueError, TypeError, KeyError, AttributeError):
+                pass
+    state, _ = states.load(states.state_file(config.state_dir, repo.path), repair=False)
+    state.last_poll = states.latest_poll(state, polls, repo.path)
+    return state
+
+
 def collect(config: Config) -> dict[str, Any]:
     """Everything ``status`` shows, as plain data."""
     repos = []
+    daemon = from_daemon(config)
     polls = states.load_polls(config.state_dir)
     for repo in config.repos:
-        state, _ = states.load(states.state_file(config.state_dir, repo.path), repair=False)
-        state.last_poll = states.latest_poll(state, polls, repo.path)
+        state = _state_of(config, repo, daemon, polls)
         data = dataclasses.asdict(state)
         repos.append(
             {
@@ -52,7 +89,9 @@ def collect(config: Config) -> dict[str, Any]:
         "device": config.device,
         "config": str(config.path),
         "state_dir": str(config.state_dir),
-        "daemon_running": daemon_running(config.state_dir),
+        "daemon_running": daemon is not None or daemon_running(config.state_dir),
+        "daemon_answered": daemon is not None,
+        "daemon_config_error": daemon.get("config_error") if daemon is not None else None,
         "plugin": {"installed": installed, "message": plugin_message},
         "repos": repos,
     }
@@ -111,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         else "not running (start it: convosyncd service install, or convosyncd run)"
     )
     print(f"device {report['device']} · daemon {running}")
+    if report["daemon_config_error"]:
+        print(f"daemon config problem: {report['daemon_config_error']}")
     print(f"config {report['config']}")
     print(f"plugin {report['plugin']['message']}")
     if not report["repos"]:

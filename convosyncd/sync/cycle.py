@@ -134,11 +134,28 @@ class RepoSync:
     def push(self) -> bool:
         """Push the local sync branch if the remote lacks some of it; True if pushed.
 
-        In mode inline, the handoff commit on the person's branch follows it.
+        In mode inline, the handoff commit on the person's branch follows it. A push
+        that went through is saved at once: ``status`` must not show it still waiting.
         """
         pushed = self.pusher.push()
+        if pushed:
+            self.save()
         self.pusher.push_inline()
         return pushed
+
+    def check(self) -> None:
+        """Bring the local sync branch up to the remote's and deliver what arrived: a
+        cycle's poll, merge and delivery, without publishing or pushing (what the
+        session-start hook runs when no daemon can check for it)."""
+        self.ensure_layout()
+        self.pull()
+        self.refresh()
+        self.save()
+
+    def save(self) -> None:
+        """Write the repo's state file if it changed."""
+        with self.synced.lock:
+            self.synced.save()
 
     def refresh(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Rewrite ``session-handoff.md`` and notify what arrived since the last time."""

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 5
 """How often a publish, merge or push is retried when another writer moved the branch."""
 
+LOCK_WAIT = 60.0
+"""Seconds to wait for another convosyncd process to let go of a repo."""
+
 LAYOUT_RECHECK = 300.0
 """Seconds between full checks of ``.convosync/`` while it is there."""
 
@@ -123,6 +126,9 @@ class SyncedRepo:
         self._file_lock = FileLock(
             str(states.lock_file(config.state_dir, repo.path)), mode=states.FILE_MODE
         )
+        self.lock_wait = LOCK_WAIT
+        """Seconds to wait for another process's hold on the repo (the session-start
+        hook's own check waits only as long as its budget)."""
         self._identity: Identity | None = None
         self._saved: bytes | None = None
         self._layout_checked = 0.0
@@ -147,11 +153,12 @@ class SyncedRepo:
         """Hold the repo for a local change, against threads and other processes."""
         with self.lock:
             try:
-                self._file_lock.acquire(timeout=60)
+                self._file_lock.acquire(timeout=self.lock_wait)
             except Timeout:
                 raise ConvosyncError(
-                    f"another convosyncd process has held the lock on {self.repo.path} for a "
-                    f"minute ({self._file_lock.lock_file}); if none is running, delete that file"
+                    f"another convosyncd process has held the lock on {self.repo.path} for "
+                    f"{self.lock_wait:g} s ({self._file_lock.lock_file}); if none is running, "
+                    "delete that file"
                 ) from None
             try:
                 yield
