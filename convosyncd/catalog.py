@@ -363,14 +363,20 @@ class Catalog:
             while len(self._surveys) > _SURVEY_LIMIT:
                 self._surveys.popitem(last=False)
 
-    def history(self, commit: str | None) -> Iterator[Record]:
-        """Every file of every device folder read, newest first (for ``convosyncd log``)."""
-        budget = Budget(FILE_BUDGET * 16, "listing the handoffs")
-        files = [
+    def files(self, commit: str | None) -> list[tuple[Location, str]]:
+        """Every handoff file (sealed and format 1) of every device folder read at
+        ``commit``, as ``(location, blob id)``, newest first within each device; nothing
+        is opened."""
+        return [
             item
             for device, folder in self.folders(commit)
             for item in self.branch.folder_files(device, folder)
         ]
+
+    def history(self, commit: str | None) -> Iterator[Record]:
+        """Every file of every device folder read, newest first (for ``convosyncd log``)."""
+        budget = Budget(FILE_BUDGET * 16, "listing the handoffs")
+        files = self.files(commit)
         files.sort(key=lambda item: (item[0].name, item[0].device), reverse=True)
         yield from self.classify(files, budget)
 

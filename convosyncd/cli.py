@@ -19,6 +19,8 @@ from convosyncd.commands import (
     add_remove,
     demo,
     doctor,
+    forget,
+    log,
     resume,
     run,
     service,
@@ -29,7 +31,7 @@ from convosyncd.config import default_config_path, default_state_dir
 from convosyncd.errors import ConvosyncError
 from convosyncd.masking import mask_credentials
 
-COMMANDS = (add_remove, run, sync, status, resume, service, doctor, demo)
+COMMANDS = (add_remove, run, sync, status, resume, log, forget, service, doctor, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

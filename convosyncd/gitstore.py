@@ -728,10 +728,24 @@ class SyncBranch:
 
     def push(self, commit: str) -> PushOutcome:
         """Push ``commit`` as the remote's sync branch, never forcing."""
+        return self._push(commit)
+
+    def push_leased(self, commit: str, expected: str | None) -> PushOutcome:
+        """Push ``commit`` as the remote's sync branch in place of whatever it holds, but
+        only while it still is ``expected`` (None: while the remote has no such branch).
+
+        This is how a purge replaces the branch's history: ``--force-with-lease`` with
+        the value the new commit was built from, so a push another device made in
+        between is never overwritten (the outcome is then ``rejected``).
+        """
+        return self._push(commit, f"--force-with-lease={self.ref}:{expected or ''}")
+
+    def _push(self, commit: str, *options: str) -> PushOutcome:
         result = self.git.run(
             "push",
             "--porcelain",
             "--no-verify",
+            *options,
             self.remote,
             f"{commit}:{self.ref}",
             network=True,
