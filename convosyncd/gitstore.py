@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import re
 import tempfile
 import threading
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from convosyncd import localremote, union
-from convosyncd.errors import GitError
+from convosyncd.errors import GitError, GitTimeout
 from convosyncd.gitcmd import FileIdentity, Git, file_identity, identity_of
 from convosyncd.layout import (
     FORGOTTEN_DIR,
@@ -59,6 +60,8 @@ FILE_MODES = ("100644", "100755")
 _CACHE_SIZE = 64
 _LISTED_ENTRIES = 50_000
 """Entries kept in cached tree listings, all trees together (a few versions of a big folder)."""
+FETCH_ATTEMPTS = 3
+"""Fetches tried when another process holds the remote-tracking ref's lock."""
 LOCAL_RETRY = 600.0
 """Seconds before a remote that could not be read directly is located again."""
 _LS_TREE_RE = re.compile(
@@ -714,16 +717,37 @@ class SyncBranch:
         return found
 
     def fetch(self) -> None:
-        """Fetch the remote's sync branch into ``refs/convosync/remotes/...``."""
-        self.git.run(
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-write-fetch-head",
-            self.remote,
-            f"+{self.ref}:{self.remote_ref}",
-            network=True,
-        )
+        """Fetch the remote's sync branch into ``refs/convosync/remotes/...``.
+
+        Another convosyncd process (the daemon, while ``convosyncd forget`` or ``sync``
+        runs) may be updating that ref at the same moment: git then refuses to lock it,
+        and the fetch is simply made again.
+        """
+        for attempt in range(FETCH_ATTEMPTS):
+            try:
+                self.git.run(
+                    "fetch",
+                    "--quiet",
+                    "--no-tags",
+                    "--no-write-fetch-head",
+                    self.remote,
+                    f"+{self.ref}:{self.remote_ref}",
+                    network=True,
+                )
+                break
+            except GitTimeout:
+                raise
+            except GitError as error:
+                contended = "cannot lock ref" in error.stderr and self.remote_ref in error.stderr
+                if not contended or attempt == FETCH_ATTEMPTS - 1:
+                    raise
+                log.info(
+                    "%s: another process updated %s; fetching again",
+                    self.git.worktree,
+                    self.remote_ref,
+                )
+                self._clear_stale_lock(error.stderr)
+                time.sleep(random.uniform(0.05, 0.3))  # noqa: S311 - jitter
         self._remote_known_read = False
 
     def push(self, commit: str) -> PushOutcome:
@@ -755,7 +779,7 @@ class SyncBranch:
         if result.returncode == 0 and status in ("ok", None):
             self.record_remote_tip(commit)
             return PushOutcome(accepted=True)
-        if status == "rejected":
+        if status == "rejected" or (status == "error" and _lost_race(result.stderr)):
             return PushOutcome(accepted=False, rejected=True, message="the remote has moved on")
         detail = " / ".join(
             line.strip()
@@ -823,6 +847,15 @@ def _push_status(porcelain: str, ref: str) -> str | None:
                 return "rejected"
             return "error"
     return None
+
+
+def _lost_race(stderr: str) -> bool:
+    """Whether the remote refused the update because its ref moved after it told us its
+    value (another device's push won the race): a rejection like any other, to be
+    fetched, merged and pushed again, not a failure."""
+    return "cannot lock ref" in stderr and (
+        "but expected" in stderr or "reference already exists" in stderr
+    )
 
 
 def _first_devices(

@@ -26,7 +26,7 @@ from convosyncd.errors import ConvosyncError, UsageError
 from convosyncd.handoff import format_time, parse_time
 from convosyncd.layout import Location
 from convosyncd.notify import Notifier
-from convosyncd.sync import RepoSync
+from convosyncd.sync import RepoSync, is_offline_error
 from convosyncd.sync.forget import Chosen, Forgetter, older_than
 
 _DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     repo = configs.find_repo(config, args.repo)
     sync = RepoSync(config, repo, Notifier(enabled=config.notify, timeout=config.notify_timeout))
     sync.ensure_layout()
-    unreachable: str | None = None
+    unreachable: ConvosyncError | None = None
     try:
         sync.pull()
     except ConvosyncError as error:
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                 f"a purge needs the remote, and {repo.remote} of {repo.path} could not be "
                 f"reached ({error}); nothing was changed: try again once it answers"
             ) from None
-        unreachable = str(error)
+        unreachable = error
     synced = sync.synced
     with synced.local():
         chosen = choose(
@@ -172,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     sync.refresh()
-    problem = unreachable
-    if problem is None:
+    problem: str | None = None
+    if unreachable is not None and is_offline_error(unreachable):
+        problem = str(unreachable)  # not worth a second wait for the same remote
+    else:
         try:
             sync.push()
         except ConvosyncError as error:
