@@ -720,8 +720,9 @@ class SyncBranch:
         """Fetch the remote's sync branch into ``refs/convosync/remotes/...``.
 
         Another convosyncd process (the daemon, while ``convosyncd forget`` or ``sync``
-        runs) may be updating that ref at the same moment: git then refuses to lock it,
-        and the fetch is simply made again.
+        runs) may be updating that ref at the same moment, or the remote-tracking ref
+        git also updates from the clone's own refspec (``refs/remotes/<remote>/...``):
+        git then refuses to lock it, and the fetch is simply made again.
         """
         for attempt in range(FETCH_ATTEMPTS):
             try:
@@ -738,14 +739,9 @@ class SyncBranch:
             except GitTimeout:
                 raise
             except GitError as error:
-                contended = "cannot lock ref" in error.stderr and self.remote_ref in error.stderr
-                if not contended or attempt == FETCH_ATTEMPTS - 1:
+                if "cannot lock ref" not in error.stderr or attempt == FETCH_ATTEMPTS - 1:
                     raise
-                log.info(
-                    "%s: another process updated %s; fetching again",
-                    self.git.worktree,
-                    self.remote_ref,
-                )
+                log.info("%s: another process was fetching too; fetching again", self.git.worktree)
                 self._clear_stale_lock(error.stderr)
                 time.sleep(random.uniform(0.05, 0.3))  # noqa: S311 - jitter
         self._remote_known_read = False
