@@ -186,6 +186,8 @@ def test_log_lists_the_handoffs_newest_first_and_all_of_the_branch_with_all(
 def test_log_of_an_empty_branch_and_outside_a_repo(alpha: Device, tmp_path: Path) -> None:
     result = alpha.cli("log", cwd=alpha.repo)
     assert result.returncode == 0 and "No handoffs on the sync branch" in result.stdout
+    purge = alpha.cli("forget", "--purge", cwd=alpha.repo)
+    assert purge.returncode == 0 and "nothing to forget" in purge.stdout
     assert json.loads(alpha.cli("log", "--json", cwd=alpha.repo).stdout) == []
     outside = alpha.cli("log", cwd=tmp_path)
     assert outside.returncode == 2 and "not in a registered repo" in outside.stderr
@@ -322,6 +324,10 @@ def test_forgetting_what_does_not_open_is_refused(alpha: Device, remote: Path) -
     result = alpha.cli("forget", key_of(path), cwd=alpha.repo)
     assert result.returncode == 2 and "not yours to forget" in result.stderr
     assert path in handoff_paths(remote)
+    alpha.give_key(None)
+    keyless = alpha.cli("forget", "--device", "alpha", cwd=alpha.repo)
+    assert keyless.returncode == 1 and "no sync key" in keyless.stderr
+    assert len(handoff_paths(remote)) == 2
 
 
 def test_a_forget_made_offline_is_pushed_later(

@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     config = configs.load(args.config)
     repo = configs.find_repo(config, args.repo)
     sync = RepoSync(config, repo, Notifier(enabled=config.notify, timeout=config.notify_timeout))
+    sync.synced.keys.require()  # without the key nothing opens, so nothing is the person's
     sync.ensure_layout()
     unreachable: ConvosyncError | None = None
     try:
@@ -151,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
             ) from None
         unreachable = error
     synced = sync.synced
+    if sync.branch.tip() is None:
+        print(f"The sync branch of {repo.path} is empty: nothing to forget.")
+        return 0
     with synced.local():
         chosen = choose(
             args, before, sync.catalog.files(sync.branch.tip()), sync.forgetter, repo.path
