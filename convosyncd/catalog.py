@@ -45,6 +45,8 @@ _CACHE_LIMIT = 20_000
 _SURVEY_LIMIT = 4_096
 
 Verdict = Literal["verified", "foreign", "forged", "damaged", "unverified"]
+OrderKey = tuple[datetime, int, str, str]
+"""How handoffs sort by age (:meth:`Catalog.order_key`)."""
 UNTRUSTED: tuple[Verdict, ...] = ("foreign", "forged", "damaged", "unverified")
 
 
@@ -279,15 +281,20 @@ class Catalog:
             return None
         return max(candidates, key=lambda handoff: self.order_key(handoff, now))
 
-    def order_key(self, handoff: Handoff, now: datetime) -> tuple[datetime, str, str]:
+    def order_key(self, handoff: Handoff, now: datetime) -> OrderKey:
         """What "newest" means: the handoff's time, or for one dated more than
-        :data:`FUTURE_SLACK` ahead, the time this device first saw it."""
+        :data:`FUTURE_SLACK` ahead, the time this device first saw it.
+
+        Times count to the second, as a handoff's own is written; within one second a
+        handoff with an honest date is newer than one ordered by when it was seen.
+        """
         created = handoff.created
+        honest = 1
         if created > now + FUTURE_SLACK:
             key = f"{handoff.device}/{handoff.name}"
             seen = self.first_seen.get(key)
             if seen is None:
-                seen = now.isoformat()
+                seen = now.replace(microsecond=0).isoformat()
                 self.first_seen[key] = seen
                 log.warning(
                     "the handoff %s is dated %s, ahead of this machine's clock: ordered by "
@@ -295,8 +302,8 @@ class Catalog:
                     key,
                     handoff.created_text,
                 )
-            created = datetime.fromisoformat(seen)
-        return created, handoff.device, handoff.name
+            created, honest = datetime.fromisoformat(seen).replace(microsecond=0), 0
+        return created, honest, handoff.device, handoff.name
 
     def read(self, commit: str | None, location: Location) -> Handoff | None:
         """The verified handoff at ``location``, or None."""
@@ -368,14 +375,20 @@ class Catalog:
             while len(self._surveys) > _SURVEY_LIMIT:
                 self._surveys.popitem(last=False)
 
-    def history(self, commit: str | None) -> Iterator[Record]:
-        """Every file of every device folder read, newest first (for ``convosyncd log``)."""
-        budget = Budget(FILE_BUDGET * 16, "listing the handoffs")
-        files = [
+    def files(self, commit: str | None) -> list[tuple[Location, str]]:
+        """Every handoff file (sealed and format 1) of every device folder read at
+        ``commit``, as ``(location, blob id)``, newest first within each device; nothing
+        is opened."""
+        return [
             item
             for device, folder in self.folders(commit)
             for item in self.branch.folder_files(device, folder)
         ]
+
+    def history(self, commit: str | None) -> Iterator[Record]:
+        """Every file of every device folder read, newest first (for ``convosyncd log``)."""
+        budget = Budget(FILE_BUDGET * 16, "listing the handoffs")
+        files = self.files(commit)
         files.sort(key=lambda item: (item[0].name, item[0].device), reverse=True)
         yield from self.classify(files, budget)
 

@@ -21,7 +21,9 @@ from convosyncd.commands import (
     add_remove,
     demo,
     doctor,
+    forget,
     key,
+    log,
     resume,
     run,
     service,
@@ -32,7 +34,7 @@ from convosyncd.config import default_config_path, default_state_dir
 from convosyncd.errors import ConvosyncError
 from convosyncd.masking import mask_credentials
 
-COMMANDS = (add_remove, run, sync, status, resume, service, doctor, key, demo)
+COMMANDS = (add_remove, run, sync, status, resume, log, forget, service, doctor, key, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

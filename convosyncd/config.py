@@ -47,10 +47,14 @@ DEFAULTS: dict[str, Any] = {
     "network_timeout": 30.0,
     "notify_timeout": 5.0,
     "fresh_timeout": 2.0,
+    "keep_days": 0,
 }
 
 FRESH_TIMEOUT_LIMIT = 60.0
 """Claude Code gives a hook a minute; a session start never waits longer for a check."""
+
+MAX_KEEP_DAYS = 36_500
+"""A hundred years: ``keep_days`` beyond this is a typo, not a wish."""
 
 TEMPLATE = """\
 # convosyncd configuration. `convosyncd add PATH` and `convosyncd remove PATH` edit the
@@ -78,6 +82,9 @@ fresh_timeout = 2.0
 # What to do with API keys, tokens and private keys found in a draft:
 # "redact" publishes with each replaced by [REDACTED:<kind>]; "block" refuses the draft.
 secrets = "redact"
+
+# Forget handoffs older than this many days, on every device (0 keeps everything).
+keep_days = 0
 """
 
 
@@ -106,6 +113,7 @@ class Config:
     network_timeout: float = DEFAULTS["network_timeout"]
     notify_timeout: float = DEFAULTS["notify_timeout"]
     fresh_timeout: float = DEFAULTS["fresh_timeout"]
+    keep_days: int = DEFAULTS["keep_days"]
     repos: tuple[RepoConfig, ...] = field(default=())
 
     def repo_for(self, path: Path) -> RepoConfig | None:
@@ -246,6 +254,16 @@ def parse(data: Mapping[str, Any], config_path: Path) -> Config:
             values["secrets"] = data["secrets"]
         else:
             problems.append(f'\'secrets\' is {data["secrets"]!r}; expected "redact" or "block"')
+    if "keep_days" in data:
+        value = data["keep_days"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            problems.append(
+                f"'keep_days' is {value!r}; expected a whole number of days (0 keeps everything)"
+            )
+        elif value > MAX_KEEP_DAYS:
+            problems.append(f"'keep_days' is {value!r}; expected at most {MAX_KEEP_DAYS} days")
+        else:
+            values["keep_days"] = value
     if "state_dir" in data:
         if isinstance(data["state_dir"], str) and data["state_dir"].strip():
             values["state_dir"] = _resolve(Path(data["state_dir"]))

@@ -74,6 +74,10 @@ _GIT_OPTIONS = (
     "push.recurseSubmodules=no",
     "-c",
     "credential.interactive=never",
+    # Every object a fetch brings is checked before it is stored: a remote that serves
+    # malformed objects is refused (invariant 7: nothing from a remote is trusted).
+    "-c",
+    "fetch.fsckObjects=true",
 )
 
 

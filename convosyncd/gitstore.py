@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import re
 import tempfile
 import threading
@@ -66,6 +67,8 @@ FILE_MODES = ("100644", "100755")
 _CACHE_SIZE = 64
 _LISTED_ENTRIES = 50_000
 """Entries kept in cached tree listings, all trees together (a few versions of a big folder)."""
+FETCH_ATTEMPTS = 3
+"""Fetches tried when another process holds the remote-tracking ref's lock."""
 LOCAL_RETRY = 600.0
 """Seconds before a remote that could not be read directly is located again."""
 _LS_TREE_RE = re.compile(
@@ -729,47 +732,70 @@ class SyncBranch:
     def fetch(self) -> None:
         """Fetch the remote's sync branch into ``refs/convosync/remotes/...``.
 
-        Every object received is checked by git (``fetch.fsckObjects``): a remote that
-        serves malformed objects (a ``..`` in a tree, a broken mode) is refused before
-        anything of it is stored.
+        Another convosyncd process (the daemon, while ``convosyncd forget`` or ``sync``
+        runs) may be updating that ref at the same moment, or the remote-tracking ref
+        git also updates from the clone's own refspec (``refs/remotes/<remote>/...``):
+        git then refuses to lock it, and the fetch is simply made again.
+
+        Every object received is checked by git (``fetch.fsckObjects``, set for every
+        git call): a remote that serves malformed objects (a ``..`` in a tree, duplicate
+        entries) is refused before anything of it is stored.
         """
-        result = self.git.run(
-            "-c",
-            "fetch.fsckObjects=true",
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-write-fetch-head",
-            self.remote,
-            f"+{self.ref}:{self.remote_ref}",
-            network=True,
-            check=False,
-        )
-        self._remote_known = None
-        if result.returncode == 0:
-            return
-        problem = error_summary(result.stderr) or f"exit {result.returncode}"
-        if "fsck" in result.stderr or "object check failed" in result.stderr:
-            raise GitError(
-                f"the remote {self.remote}'s {self.branch} branch holds objects git refuses "
-                f"({problem}): it is damaged or was written by hand; nothing of it was taken "
-                "in. Ask whoever can push there to restore it (`convosyncd doctor`)",
-                returncode=result.returncode,
-                stderr=result.stderr,
+        for attempt in range(FETCH_ATTEMPTS):
+            result = self.git.run(
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                self.remote,
+                f"+{self.ref}:{self.remote_ref}",
+                network=True,
+                check=False,
             )
-        raise GitError(
-            f"{describe_command(result.args)} failed in {self.git.worktree} "
-            f"(exit {result.returncode}): {problem}",
-            returncode=result.returncode,
-            stderr=result.stderr,
-        )
+            self._remote_known = None
+            if result.returncode == 0:
+                return
+            problem = error_summary(result.stderr) or f"exit {result.returncode}"
+            if "fsck" in result.stderr or "object check failed" in result.stderr:
+                raise GitError(
+                    f"the remote {self.remote}'s {self.branch} branch holds objects git "
+                    f"refuses ({problem}): it is damaged or was written by hand; nothing of "
+                    "it was taken in. Ask whoever can push there to restore it "
+                    "(`convosyncd doctor`)",
+                    returncode=result.returncode,
+                    stderr=result.stderr,
+                )
+            if "cannot lock ref" not in result.stderr or attempt == FETCH_ATTEMPTS - 1:
+                raise GitError(
+                    f"{describe_command(result.args)} failed in {self.git.worktree} "
+                    f"(exit {result.returncode}): {problem}",
+                    returncode=result.returncode,
+                    stderr=result.stderr,
+                )
+            log.info("%s: another process was fetching too; fetching again", self.git.worktree)
+            self._clear_stale_lock(result.stderr)
+            time.sleep(random.uniform(0.05, 0.3))  # noqa: S311 - jitter
 
     def push(self, commit: str) -> PushOutcome:
         """Push ``commit`` as the remote's sync branch, never forcing."""
+        return self._push(commit)
+
+    def push_leased(self, commit: str, expected: str | None) -> PushOutcome:
+        """Push ``commit`` as the remote's sync branch in place of whatever it holds, but
+        only while it still is ``expected`` (None: while the remote has no such branch).
+
+        This is how a purge replaces the branch's history: ``--force-with-lease`` with
+        the value the new commit was built from, so a push another device made in
+        between is never overwritten (the outcome is then ``rejected``).
+        """
+        return self._push(commit, f"--force-with-lease={self.ref}:{expected or ''}")
+
+    def _push(self, commit: str, *options: str) -> PushOutcome:
         result = self.git.run(
             "push",
             "--porcelain",
             "--no-verify",
+            *options,
             self.remote,
             f"{commit}:{self.ref}",
             network=True,
@@ -779,7 +805,7 @@ class SyncBranch:
         if result.returncode == 0 and status in ("ok", None):
             self.record_remote_tip(commit)
             return PushOutcome(accepted=True)
-        if status == "rejected":
+        if status == "rejected" or (status == "error" and _lost_race(result.stderr)):
             return PushOutcome(accepted=False, rejected=True, message="the remote has moved on")
         detail = " / ".join(
             line.strip()
@@ -854,6 +880,15 @@ _MOVED_ON = (
     "failed to update ref",
     "failed to lock",
 )
+
+
+def _lost_race(stderr: str) -> bool:
+    """Whether the remote refused the update because its ref moved after it told us its
+    value (another device's push won the race): a rejection like any other, to be
+    fetched, merged and pushed again, not a failure."""
+    return "cannot lock ref" in stderr and (
+        "but expected" in stderr or "reference already exists" in stderr
+    )
 
 
 def _first_devices(

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, TextIO
 from convosyncd import config as configs
 from convosyncd import keys
 from convosyncd import state as states
-from convosyncd.catalog import Catalog
+from convosyncd.catalog import Catalog, OrderKey
 from convosyncd.config import Config, RepoConfig
 from convosyncd.errors import ConvosyncError
 from convosyncd.freshness import freshen
@@ -146,15 +146,15 @@ def on_branch(git: Git, tip: str | None, keys: Iterable[str]) -> set[str]:
     return wanted & present
 
 
-def by_date(handoff: Handoff) -> tuple[datetime, str, str]:
-    return handoff.created, handoff.device, handoff.name
+def by_date(handoff: Handoff) -> OrderKey:
+    return handoff.created, 1, handoff.device, handoff.name
 
 
 def choose(
     handoffs: Iterable[Handoff],
     own_device: str,
     loaded: Loaded,
-    order: Callable[[Handoff], tuple[datetime, str, str]] = by_date,
+    order: Callable[[Handoff], OrderKey] = by_date,
 ) -> Handoff | None:
     """The newest handoff from another device, unless this device has loaded it already.
 

@@ -83,6 +83,9 @@ class RepoState:
     untrusted: dict[str, dict[str, Any]] = field(default_factory=dict)
     known_devices: list[str] = field(default_factory=list)
     first_seen: dict[str, str] = field(default_factory=dict)
+    # keep_days: when handoffs were last forgotten for their age, and how many (retention
+    # runs at most once a UTC day per repo).
+    last_retention: Event | None = None
 
     def to_json(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: an idle poll saves the state of every repo,
@@ -131,6 +134,7 @@ _EVENT_FIELDS = {
     "draft_problem",
     "last_inline",
     "inline_problem",
+    "last_retention",
 }
 
 

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tests.stress import InputCase, draft_with_marker, markers_on
@@ -426,11 +427,18 @@ def remote_cases(bench: Bench) -> list[InputCase]:
             lambda text, notes: "✗ shown" if "linky" in text else "ignored",
         )
     )
+    cases += forget_record_cases(remote)
+    # Last: git's object check refuses the whole fetch from here on (the remote stays
+    # poisoned until someone who can push there repairs it).
     cases.append(
         (
             "a device folder named '..'",
             lambda: _mktree_with_dotdot(remote),
-            lambda text, notes: "✗ shown" if "escaped" in text else "ignored",
+            lambda text, notes: (
+                "✗ shown"
+                if "escaped" in text
+                else "refused at the fetch by git's object check; nothing of it taken in"
+            ),
         )
     )
 
@@ -443,7 +451,8 @@ def remote_cases(bench: Bench) -> list[InputCase]:
         result = laptop.cli("sync", env=bench.bus_env, timeout=60)
         bench.desktop.cli("sync", env=bench.bus_env, timeout=60)
         problems = []
-        if result.returncode != 0:
+        refused = result.returncode == 1 and "holds objects git refuses" in result.stdout
+        if result.returncode != 0 and not refused:
             problems.append(f"sync exited {result.returncode}: {result.stdout.strip()}")
         if markers_on(bench.other_remote)[good] != 1:
             problems.append("the other repo's draft was not published")
@@ -465,6 +474,101 @@ def remote_cases(bench: Bench) -> list[InputCase]:
         handling = verdict if not problems else "PROBLEM: " + "; ".join(problems)
         results.append(InputCase(f"from the remote: {kind}", handling, not problems))
     return results
+
+
+def _branch_paths(remote: Path, prefix: str) -> list[str]:
+    listing = git(remote, "ls-tree", "-r", "--name-only", "refs/heads/convosync")
+    return [line for line in listing.splitlines() if line.startswith(prefix)]
+
+
+def _record_path(device: str, token: str) -> str:
+    return f"handoffs/{device}/forgotten/20261201T000000.000Z-{token * 16}.forget"
+
+
+def forget_record_cases(
+    remote: Path,
+) -> list[tuple[str, Callable[[], None], Callable[[str, list[dict[str, object]]], str | None]]]:
+    """Forget records someone who can push makes: none may take the person's handoffs."""
+    from convosyncd.handoff import Provenance, render_stored
+    from convosyncd.layout import handoff_location
+    from convosyncd.seal import seal_forget, seal_handoff
+    from tests.support.devices import OTHER_PERSON_KEY, PERSON_KEY
+
+    targets: list[str] = []
+    stranger: list[str] = []
+
+    def forged() -> None:
+        # The person's handoffs deleted, and a record naming them under the person's key
+        # id with a made-up tag: it does not open, so it takes nothing back.
+        targets[:] = _branch_paths(remote, "handoffs/desktop/")
+        header = f"convosyncd-forget/2 {PERSON_KEY.key_id}\n".encode()
+        listing = "".join(f"{path}\n" for path in targets).encode() + b"\n"
+        files = {_record_path("mallory", "1"): ("100644", header + listing + b"\0" * 28)}
+        _remote_commit(remote, files)
+        _remote_remove(remote, targets)
+
+    def theirs() -> None:
+        # Another person's record naming their own handoff and the person's.
+        now = datetime.now(timezone.utc)
+        text = handoff_text("Another person's")
+        location = handoff_location("stranger", now, OTHER_PERSON_KEY.digest("stranger", b"x"))
+        content = render_stored(Provenance("stranger", now, "0" * 40, "main"), text)
+        stranger[:] = [location.path]
+        record = _record_path("stranger", "2")
+        data = seal_forget(OTHER_PERSON_KEY, record, [*targets, location.path], purge=False)
+        _remote_commit(
+            remote,
+            {
+                location.path: ("100644", seal_handoff(OTHER_PERSON_KEY, location.path, content)),
+                record: ("100644", data),
+            },
+        )
+
+    def kept(text: str, notes: list[dict[str, object]]) -> str | None:
+        missing = [path for path in targets if path not in _branch_paths(remote, "handoffs/")]
+        if not targets or missing:
+            return f"✗ {len(missing)} of the person's handoffs were taken back"
+        return f"took nothing back: all {len(targets)} of the person's handoffs are on the remote"
+
+    def only_theirs(text: str, notes: list[dict[str, object]]) -> str | None:
+        verdict = kept(text, notes) or ""
+        if verdict.startswith("✗"):
+            return verdict
+        if stranger[0] in _branch_paths(remote, "handoffs/"):
+            return "✗ the other person's own handoff was not taken back"
+        return "took back only that person's own handoff; the person's stayed"
+
+    return [
+        ("a forged forget record under the person's key id, and a deletion", forged, kept),
+        ("another person's forget record naming the person's handoffs", theirs, only_theirs),
+    ]
+
+
+def _remote_remove(remote: Path, paths: list[str]) -> None:
+    """Delete ``paths`` from the remote's sync branch with plumbing (no record)."""
+    tip = git(remote, "rev-parse", "refs/heads/convosync")
+    index = remote / "hostile.index"
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    subprocess.run(["git", "read-tree", tip], cwd=remote, env=env, check=True, timeout=60)
+    lines = "".join(f"0 {'0' * len(tip)}\t{path}\n" for path in paths).encode()
+    subprocess.run(
+        ["git", "update-index", "--index-info"],
+        cwd=remote,
+        env=env,
+        input=lines,
+        check=True,
+        timeout=60,
+    )
+    tree = (
+        subprocess.run(
+            ["git", "write-tree"], cwd=remote, env=env, capture_output=True, check=True, timeout=60
+        )
+        .stdout.decode()
+        .strip()
+    )
+    commit = git(remote, "commit-tree", tree, "-p", tip, "-m", "hostile")
+    git(remote, "update-ref", "refs/heads/convosync", commit, tip)
+    index.unlink()
 
 
 def hostile_inputs(root: Path) -> list[InputCase]:

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -214,6 +215,140 @@ def concurrent_campaign(root: Path, rounds: int, devices: int = 3) -> Outcome:
     )
 
 
+def _paths_by_marker(repo: Path) -> dict[str, str]:
+    """``{marker: path}`` of the handoffs on ``repo``'s sync branch."""
+    found = {}
+    for path, text in opened_all(repo).items():
+        for match in MARKER_RE.finditer(text):
+            found[match["marker"]] = path
+    return found
+
+
+def _reachable(repo: Path) -> set[str]:
+    """Every object id reachable from the sync branch of ``repo``."""
+    output = git(repo, "rev-list", "--objects", "refs/heads/convosync")
+    return {line.split(" ", 1)[0] for line in output.splitlines() if line}
+
+
+def forget_campaign(root: Path, rounds: int, devices: int = 3, seed: int = 5) -> Outcome:
+    """``devices`` devices publish at the same moment, ``rounds`` times; at that same
+    moment one of them forgets an earlier handoff with the CLI, and every third round
+    purges it instead (a leased push racing the others' pushes).
+
+    Afterwards: every handoff not forgotten is on the remote and every device exactly
+    once, none forgotten is anywhere, and nothing forgotten before a purge (the purged
+    one included) is reachable from the remote's branch.
+    """
+    rng = random.Random(seed)
+    remote = make_remote(root)
+    crowd = [
+        make_device(root, remote, f"device{index}", settle=0.05, pull_interval=0.3)
+        for index in range(devices)
+    ]
+    daemons = [device.start() for device in crowd]
+    written: list[str] = []
+    forgotten: list[str] = []
+    on_remote: set[str] = set()  # blobs of handoffs forgotten, with the record pushed
+    purged: set[str] = set()  # blobs that must be unreachable: forgotten before a purge
+    purges = failed = 0
+    reasons: list[str] = []
+    errors: list[str] = []
+    longest = 0.0
+    try:
+        for number in range(rounds):
+            markers = [f"forget-{number}-{device.name}" for device in crowd]
+            actor = rng.choice(crowd)
+            held = _paths_by_marker(actor.repo)
+            candidates = sorted(m for m in held if m in written and m not in forgotten)
+            target = rng.choice(candidates) if candidates else None
+            purge = number % 3 == 2
+            barrier = threading.Barrier(devices + 1)
+            commands: list[subprocess.CompletedProcess[str]] = []
+
+            def write(device: Device, marker: str, barrier: threading.Barrier) -> None:
+                barrier.wait(timeout=10)
+                device.write_draft(draft_with_marker(marker))
+
+            def forget(
+                barrier: threading.Barrier,
+                actor: Device,
+                args: list[str],
+                commands: list[subprocess.CompletedProcess[str]],
+            ) -> None:
+                barrier.wait(timeout=10)
+                if args:
+                    commands.append(actor.cli(*args, timeout=120))
+
+            args: list[str] = []
+            blob = ""
+            if target is not None:
+                parts = held[target].split("/")
+                args = ["forget", f"{parts[1]}/{parts[-1]}", "--repo", str(actor.repo)]
+                args += ["--purge"] if purge else []
+                blob = git(actor.repo, "rev-parse", f"refs/heads/convosync:{held[target]}")
+            threads = [
+                threading.Thread(target=write, args=(device, marker, barrier))
+                for device, marker in zip(crowd, markers, strict=True)
+            ]
+            threads.append(threading.Thread(target=forget, args=(barrier, actor, args, commands)))
+            start = time.monotonic()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            written += markers
+            for result in commands:
+                if result.returncode == 0 or (not purge and "Forgot 1" in result.stdout):
+                    forgotten.append(target or "")
+                    if result.returncode == 0:
+                        on_remote.add(blob)
+                    if purge:
+                        purges += 1
+                        purged |= on_remote
+                else:
+                    failed += 1
+                    why = (result.stderr.strip() or result.stdout.strip()).splitlines()
+                    reasons.append(why[-1] if why else f"exit {result.returncode}")
+            wait_until(
+                lambda: not any(device.draft.exists() for device in crowd), 30, "drafts taken in"
+            )
+            longest = max(longest, time.monotonic() - start)
+        expected = Counter({marker: 1 for marker in written if marker not in forgotten})
+        for repo in [remote, *(device.repo for device in crowd)]:
+            wait_until(
+                lambda: markers_on(repo) == expected,  # noqa: B023 - used at once
+                90,
+                f"{repo} to hold every handoff not forgotten, and none forgotten",
+            )
+        # Counted before the daemons stop: what they log while shutting down is not
+        # this campaign's business.
+        errors = [
+            line for daemon in daemons for line in daemon.log().splitlines() if " ERROR " in line
+        ]
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    found = markers_on(remote)
+    came_back = sum(
+        1
+        for marker in forgotten
+        if found[marker] or any(markers_on(device.repo)[marker] for device in crowd)
+    )
+    reachable = len(purged & _reachable(remote))
+    return tally(
+        f"forget and purge while {devices} devices publish",
+        [marker for marker in written if marker not in forgotten],
+        found,
+        rounds,
+        longest,
+        f"{len(forgotten)} forgotten ({purges} by purge); came back: {came_back}; purged "
+        f"still reachable: {reachable}; commands that failed: {failed}"
+        + (f" (first: {reasons[0][:200]})" if reasons else "")
+        + f"; errors in the daemons' logs: {len(errors)}"
+        + (f" (first: {errors[0].split(' ERROR ', 1)[1][:300]})" if errors else ""),
+    )
+
+
 def _conflict_markers(repo: Path) -> int:
     count = 0
     for text in opened_all(repo).values():
@@ -319,6 +454,7 @@ def run_campaign(quick: bool) -> tuple[list[Outcome], list[InputCase]]:
 
         outcomes.append(kill9_campaign(fresh("kill"), kills=15 if quick else 120))
         outcomes.append(concurrent_campaign(fresh("crowd"), rounds=5 if quick else 30))
+        outcomes.append(forget_campaign(fresh("forget"), rounds=6 if quick else 30))
         for kind in ("moved", "refused", "silent"):
             outcomes.append(
                 outage_campaign(

@@ -143,3 +143,24 @@ def test_the_template_documents_and_sets_fresh_timeout(tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert "# Seconds a session start may wait while the remote is checked" in text
     assert configs.load(path).fresh_timeout == 2.0
+
+
+def test_keep_days_is_a_whole_number_of_days(tmp_path: Path) -> None:
+    assert configs.load(tmp_path / "absent.toml").keep_days == 0
+    assert configs.load(write(tmp_path, "keep_days = 90\n")).keep_days == 90
+    for value, expected in (
+        ("-1", "'keep_days' is -1; expected a whole number of days (0 keeps everything)"),
+        ("1.5", "'keep_days' is 1.5; expected a whole number of days"),
+        ("true", "'keep_days' is True; expected a whole number of days"),
+        ('"30"', "'keep_days' is '30'; expected a whole number of days"),
+        ("100000", "'keep_days' is 100000; expected at most 36500 days"),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            configs.load(write(tmp_path, f"keep_days = {value}\n"))
+        assert expected in str(raised.value)
+
+
+def test_the_template_loads_and_says_what_keep_days_does(tmp_path: Path) -> None:
+    text = configs.TEMPLATE.format(device="desk")
+    assert "keep_days = 0" in text and "0 keeps everything" in text
+    assert configs.load(write(tmp_path, text.replace("= 0", "= 7"))).keep_days == 7

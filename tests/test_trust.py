@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -190,6 +191,7 @@ def test_a_date_in_the_future_does_not_stay_newest(
     future = datetime(2099, 1, 1, tzinfo=timezone.utc)
     path, blob = forged_sealed(PERSON_KEY, "alpha", handoff_text("From the future"), future)
     publish(alpha, "Something first")
+    time.sleep(1.1)  # handoffs are dated to the second: seen after it, not with it
     intrude(intruder, {path: blob})
     sync(bravo)
     first = parse_hook_output(hook(bravo, tmp_path))["hookSpecificOutput"]["additionalContext"]

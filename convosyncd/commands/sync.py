@@ -55,6 +55,8 @@ def describe(result: CycleResult) -> str:
         parts.append("pushed")
     if result.arrived:
         parts.append(f"{len(result.arrived)} handoff(s) arrived")
+    if result.retained:
+        parts.append(f"forgot {result.retained} handoff(s) older than keep_days")
     if result.pending:
         parts.append(f"{result.pending} waiting to be pushed")
     if result.draft_problem:

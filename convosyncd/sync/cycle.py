@@ -1,4 +1,4 @@
-"""One repo's whole tick: publish, poll, merge, push, deliver, in that order.
+"""One repo's whole tick: publish, poll, merge, retain, push, deliver, in that order.
 
 :meth:`RepoSync.cycle` is the same code for the daemon's timer and for
 ``convosyncd sync``; :meth:`RepoSync.publish`, :meth:`RepoSync.push` and
@@ -9,6 +9,7 @@ line, never an exception that escapes into the daemon's loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -19,11 +20,13 @@ from convosyncd.notify import Notifier
 from convosyncd.sshshare import SshSharing
 from convosyncd.state import RepoState
 from convosyncd.sync.deliver import Deliverer
+from convosyncd.sync.forget import Forgetter
 from convosyncd.sync.merge import Merger
 from convosyncd.sync.poll import Poller
 from convosyncd.sync.publish import Publisher, PublishResult
 from convosyncd.sync.push import Pusher
 from convosyncd.sync.repo import SyncedRepo
+from convosyncd.sync.retain import Retainer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class CycleResult:
     pending: int = 0
     draft_problem: str | None = None
     publish_at: float | None = None
+    retained: int = 0
 
 
 class RepoSync:
@@ -61,6 +65,8 @@ class RepoSync:
         self.poller = Poller(self.synced)
         self.merger = Merger(self.synced)
         self.pusher = Pusher(self.synced, self.merger)
+        self.forgetter = Forgetter(self.synced, self.merger, self.poller)
+        self.retainer = Retainer(self.synced, self.forgetter)
         # What callers read, kept where the stages share it.
         self.repo = repo
         self.git = self.synced.git
@@ -170,6 +176,7 @@ class RepoSync:
         pushed = False
         arrived: tuple[str, ...] = ()
         notified: tuple[str, ...] = ()
+        retained = 0
         error: ConvosyncError | None = None
         try:
             self.ensure_layout()
@@ -178,6 +185,7 @@ class RepoSync:
                 published = outcome.name
             publish_at = outcome.retry_at
             self.pull()
+            retained = self.retainer.retain()
             pushed = self.push()
         except Exception as problem:
             error = self.synced.as_error(problem)
@@ -187,7 +195,8 @@ class RepoSync:
                 self.pusher.push_inline()
         except Exception as problem:
             error = error or self.synced.as_error(problem)
-        return self._conclude(error, published, pushed, arrived, notified, publish_at)
+        result = self._conclude(error, published, pushed, arrived, notified, publish_at)
+        return dataclasses.replace(result, retained=retained)
 
     def fail(self, error: ConvosyncError) -> None:
         """Record ``error`` (status, log, one notification) outside a full cycle."""
