@@ -129,19 +129,6 @@ def fits(path: Path, platform: str = sys.platform) -> bool:
     return len(os.fsencode(str(path))) < sshshare.sun_path_bytes(platform)
 
 
-def _private(folder: Path) -> bool:
-    """``folder`` is a real folder (not a link), ours, and nobody else's to enter."""
-    try:
-        status = folder.lstat()
-    except OSError:
-        return False
-    return (
-        stat.S_ISDIR(status.st_mode)
-        and status.st_uid == os.geteuid()
-        and stat.S_IMODE(status.st_mode) == 0o700
-    )
-
-
 def _remove_socket(path: Path) -> None:
     with contextlib.suppress(OSError):
         if stat.S_ISSOCK(path.lstat().st_mode):
@@ -223,7 +210,7 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 if not folder.is_symlink() and folder.lstat().st_uid == os.geteuid():
                     os.chmod(folder, 0o700)  # mkdir's mode went through the umask
-            if _private(folder):
+            if sshshare.is_private(folder):
                 return folder
             log.warning(
                 "%s is not a private folder of this user (0700, not a link); "
@@ -247,7 +234,7 @@ class ControlServer:
             return
         _remove_socket(old)
         folder = old.parent
-        if folder != self.state_dir / FOLDER_NAME and _private(folder):
+        if folder != self.state_dir / FOLDER_NAME and sshshare.is_private(folder):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty: never anything but our own socket
 

@@ -147,7 +147,7 @@ def private_folder(bases: Sequence[str], platform: str = sys.platform) -> Path |
             continue
         with contextlib.suppress(OSError):
             os.chmod(folder, 0o700)  # mkdtemp's 0700 went through the umask
-        if _fits(folder, platform) and _private(folder):
+        if _fits(folder, platform) and is_private(folder):
             return folder
         with contextlib.suppress(OSError):
             folder.rmdir()
@@ -186,7 +186,7 @@ def _fits(folder: Path, platform: str) -> bool:
     return control_path_fits(folder, platform) and _PLAIN.fullmatch(str(folder)) is not None
 
 
-def _private(folder: Path) -> bool:
+def is_private(folder: Path) -> bool:
     """``folder`` is a real folder (not a link), ours, and nobody else's to enter."""
     try:
         status = folder.lstat()
@@ -317,7 +317,7 @@ class SshSharing:
         not private any more; None once no folder can be made. Called with the lock."""
         if self._off:
             return None
-        if _fits(self.folder, self.platform) and _private(self.folder):
+        if _fits(self.folder, self.platform) and is_private(self.folder):
             return self.folder
         bases = self._bases if self._bases is not None else default_bases()
         replacement = private_folder(bases, self.platform)
@@ -361,7 +361,7 @@ class SshSharing:
                 )
             except (OSError, subprocess.TimeoutExpired) as error:
                 log.warning("could not close the shared ssh connection %s: %s", socket, error)
-        if _private(self.folder):
+        if is_private(self.folder):
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def _sockets(self) -> list[Path]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from tests.stress import InputCase, draft_with_marker, markers_on
 from tests.support.devices import (
     Device,
+    commit_on_remote,
     git,
     handoff_text,
     make_device,
@@ -263,33 +264,7 @@ def local_cases(bench: Bench) -> list[InputCase]:
 
 def _remote_commit(remote: Path, files: dict[str, tuple[str, bytes]]) -> None:
     """Add ``{path: (mode, content)}`` to the remote's sync branch with plumbing."""
-    tip = git(remote, "rev-parse", "refs/heads/convosync")
-    index = remote / "hostile.index"
-    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
-
-    def run(*args: str, data: bytes | None = None) -> str:
-        return (
-            subprocess.run(
-                ["git", *args],
-                cwd=remote,
-                env=env,
-                input=data,
-                capture_output=True,
-                check=True,
-                timeout=60,
-            )
-            .stdout.decode()
-            .strip()
-        )
-
-    run("read-tree", tip)
-    for path, (mode, content) in files.items():
-        oid = run("hash-object", "-w", "--stdin", data=content)
-        run("update-index", "--add", "--cacheinfo", f"{mode},{oid},{path}")
-    tree = run("write-tree")
-    commit = run("commit-tree", tree, "-p", tip, "-m", "hostile")
-    run("update-ref", "refs/heads/convosync", commit, tip)
-    index.unlink()
+    commit_on_remote(remote, dict(files), message="hostile")
 
 
 def _mktree_with_dotdot(remote: Path) -> None:
@@ -546,29 +521,7 @@ def forget_record_cases(
 
 def _remote_remove(remote: Path, paths: list[str]) -> None:
     """Delete ``paths`` from the remote's sync branch with plumbing (no record)."""
-    tip = git(remote, "rev-parse", "refs/heads/convosync")
-    index = remote / "hostile.index"
-    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
-    subprocess.run(["git", "read-tree", tip], cwd=remote, env=env, check=True, timeout=60)
-    lines = "".join(f"0 {'0' * len(tip)}\t{path}\n" for path in paths).encode()
-    subprocess.run(
-        ["git", "update-index", "--index-info"],
-        cwd=remote,
-        env=env,
-        input=lines,
-        check=True,
-        timeout=60,
-    )
-    tree = (
-        subprocess.run(
-            ["git", "write-tree"], cwd=remote, env=env, capture_output=True, check=True, timeout=60
-        )
-        .stdout.decode()
-        .strip()
-    )
-    commit = git(remote, "commit-tree", tree, "-p", tip, "-m", "hostile")
-    git(remote, "update-ref", "refs/heads/convosync", commit, tip)
-    index.unlink()
+    commit_on_remote(remote, remove=paths, message="hostile")
 
 
 def hostile_inputs(root: Path) -> list[InputCase]:

@@ -9,7 +9,6 @@ takes back that person's own files only; a file deleted without a record comes b
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.support.devices import (
     OTHER_PERSON_KEY,
     PERSON_KEY,
     Device,
+    commit_on_remote,
     git,
     handoff_paths,
     handoff_text,
@@ -73,41 +73,6 @@ def sealed(key: SyncKey, device: str, task: str, when: datetime) -> tuple[str, b
 
 def record_path(device: str, token: str = "ab" * 8) -> str:
     return f"handoffs/{device}/forgotten/20261201T000000.000Z-{token}.forget"
-
-
-def commit_on_remote(
-    remote: Path, add: dict[str, bytes], remove: tuple[str, ...] = (), message: str = "x"
-) -> None:
-    """A commit on the remote's sync branch adding and removing files, as anyone who can
-    push could make it."""
-    index = remote / "test.index"
-    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
-
-    def run(*args: str, data: bytes | None = None) -> str:
-        return (
-            subprocess.run(
-                ["git", *args],
-                cwd=remote,
-                env=env,
-                input=data,
-                capture_output=True,
-                check=True,
-                timeout=60,
-            )
-            .stdout.decode()
-            .strip()
-        )
-
-    tip = run("rev-parse", SYNC_REF)
-    run("read-tree", tip)
-    for path, content in add.items():
-        oid = run("hash-object", "-w", "--stdin", data=content)
-        run("update-index", "--add", "--cacheinfo", f"100644,{oid},{path}")
-    for path in remove:  # mode 0 removes the entry (a bare repo has no work tree)
-        run("update-index", "--index-info", data=f"0 {'0' * 40}\t{path}\n".encode())
-    commit = run("commit-tree", run("write-tree"), "-p", tip, "-m", message)
-    run("update-ref", SYNC_REF, commit, tip)
-    index.unlink()
 
 
 def reachable_objects(repo: Path, ref: str = SYNC_REF) -> set[str]:

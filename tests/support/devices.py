@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,43 @@ def opened_all(repo: Path, key: SyncKey | None = None, ref: str = SYNC_REF) -> d
         if result.verdict == "verified" and result.content is not None:
             found[path] = result.content.decode("utf-8")
     return found
+
+
+def commit_on_remote(
+    remote: Path,
+    add: Mapping[str, bytes | tuple[str, bytes]] | None = None,
+    remove: Sequence[str] = (),
+    message: str = "x",
+) -> None:
+    """A commit on the bare ``remote``'s sync branch adding files (``{path: content}``, or
+    ``{path: (mode, content)}``) and removing paths, made with plumbing through a
+    private index, as anyone who can push could make it."""
+    index = remote / "commit-on-remote.index"
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+
+    def run(*args: str, data: bytes | None = None) -> str:
+        result = subprocess.run(
+            ["git", *args],
+            cwd=remote,
+            env=env,
+            input=data,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        return result.stdout.decode().strip()
+
+    tip = run("rev-parse", SYNC_REF)
+    run("read-tree", tip)
+    for path, item in (add or {}).items():
+        mode, content = item if isinstance(item, tuple) else ("100644", item)
+        oid = run("hash-object", "-w", "--stdin", data=content)
+        run("update-index", "--add", "--cacheinfo", f"{mode},{oid},{path}")
+    for path in remove:  # mode 0 removes the entry (a bare repo has no work tree)
+        run("update-index", "--index-info", data=f"0 {'0' * len(tip)}\t{path}\n".encode())
+    commit = run("commit-tree", run("write-tree"), "-p", tip, "-m", message)
+    run("update-ref", SYNC_REF, commit, tip)
+    index.unlink()
 
 
 def make_remote(root: Path, name: str = "remote.git") -> Path:
