@@ -48,6 +48,17 @@ Verdict = Literal["verified", "foreign", "forged", "damaged", "unverified"]
 OrderKey = tuple[datetime, int, str, str]
 """How handoffs sort by age (:meth:`Catalog.order_key`)."""
 UNTRUSTED: tuple[Verdict, ...] = ("foreign", "forged", "damaged", "unverified")
+MEANING: dict[Verdict, str] = {
+    "foreign": (
+        "sealed with a key this device lacks: another person using convosyncd on this repo, "
+        "or one of your devices whose key was never imported here (`convosyncd key show` "
+        "there, `convosyncd key import` here)"
+    ),
+    "forged": "names your key but does not open: damaged, or forged by someone who can push",
+    "damaged": "not a handoff file convosyncd can read",
+    "unverified": "plain text (convosyncd 0.1, or written by hand): never verified",
+}
+"""What a file that does not open under the person's key probably is, by its verdict."""
 
 
 @dataclass(frozen=True)

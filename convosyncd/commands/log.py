@@ -19,21 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from convosyncd import config as configs
-from convosyncd.catalog import Budget, Record
+from convosyncd.catalog import MEANING, Budget, Record
 from convosyncd.commands.resume import open_catalog
 from convosyncd.config import RepoConfig
 from convosyncd.errors import ConvosyncError, UsageError
 from convosyncd.handoff import Handoff, describe_age, format_time
 from convosyncd.layout import HANDOFFS_DIR, Location, parse_name
-
-WHAT_IT_IS = {
-    "foreign": "sealed with a key this device lacks (key id {key_id}): another person's, or "
-    "from one of your devices whose key was never imported here",
-    "forged": "names your key but does not open: damaged, or forged by someone who can push",
-    "damaged": "not a handoff file convosyncd can read",
-    "unverified": "plain text (convosyncd 0.1, or written by hand): never verified",
-}
-"""What a file that did not open probably is, by its verdict."""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -70,7 +61,8 @@ def add_parser(subparsers: Any) -> None:
 
 def what_it_is(record: Record) -> str:
     """Why ``record`` did not open, for a person."""
-    return WHAT_IT_IS.get(record.verdict, record.verdict).format(key_id=record.key_id or "?")
+    meaning = MEANING.get(record.verdict, record.verdict)
+    return f"{meaning} (key id {record.key_id})" if record.verdict == "foreign" else meaning
 
 
 def created_of(record: Record) -> datetime | None:

@@ -15,6 +15,7 @@ from typing import Any
 from convosyncd import config as configs
 from convosyncd import control, plugin
 from convosyncd import state as states
+from convosyncd.catalog import MEANING
 from convosyncd.config import Config, RepoConfig
 from convosyncd.daemon_lock import daemon_running
 from convosyncd.state import RepoState
@@ -97,18 +98,6 @@ def collect(config: Config) -> dict[str, Any]:
     }
 
 
-_WHAT_THEY_ARE = {
-    "foreign": (
-        "sealed with a key this device lacks: another person using convosyncd on this repo, "
-        "or one of your devices whose key was never imported here (`convosyncd key show` "
-        "there, `convosyncd key import` here)"
-    ),
-    "forged": "name your key but do not open: damaged, or forged by someone who can push",
-    "damaged": "not handoff files convosyncd can read",
-    "unverified": "plain text from convosyncd 0.1 or written by hand: never verified",
-}
-
-
 def untrusted_lines(untrusted: dict[str, dict[str, Any]]) -> list[str]:
     """What ``status`` says of files on the sync branch that are not the person's."""
     if not untrusted:
@@ -116,19 +105,15 @@ def untrusted_lines(untrusted: dict[str, dict[str, Any]]) -> list[str]:
     counts = []
     kinds: set[str] = set()
     for device, survey in sorted(untrusted.items()):
-        parts = [f"{survey[kind]} {kind}" for kind in _WHAT_THEY_ARE if survey.get(kind)]
-        kinds.update(kind for kind in _WHAT_THEY_ARE if survey.get(kind))
+        parts = [f"{survey[kind]} {kind}" for kind in MEANING if survey.get(kind)]
+        kinds.update(kind for kind in MEANING if survey.get(kind))
         counts.append(f"{device}: {', '.join(parts)}")
     lines = [
         f"  not yours     {'; '.join(counts)}",
         "                these files do not open under your sync key, so they are never "
         "shown, notified or handed to the assistant:",
     ]
-    lines += [
-        f"                {kind}: {_WHAT_THEY_ARE[kind]}"
-        for kind in _WHAT_THEY_ARE
-        if kind in kinds
-    ]
+    lines += [f"                {kind}: {MEANING[kind]}" for kind in MEANING if kind in kinds]
     return lines
 
 
