@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Literal
 
 HANDOFFS_DIR = "handoffs"
@@ -79,11 +79,23 @@ def parse_name(name: str) -> Name | None:
         match = pattern.match(name)
         if match is None:
             continue
+        digits = match["stamp"]
+        # Built from the fixed-width digits rather than by strptime, which costs three
+        # times as much: every name of every listed folder is parsed (ten thousand per
+        # pass over a long history). Both refuse a date or time that does not exist.
         try:
-            moment = datetime.strptime(match["stamp"], "%Y%m%dT%H%M%S")
+            created = datetime(
+                int(digits[0:4]),
+                int(digits[4:6]),
+                int(digits[6:8]),
+                int(digits[9:11]),
+                int(digits[11:13]),
+                int(digits[13:15]),
+                int(match["millis"]) * 1000,
+                tzinfo=timezone.utc,
+            )
         except ValueError:
             return None
-        created = moment.replace(tzinfo=timezone.utc) + timedelta(milliseconds=int(match["millis"]))
         return Name(kind, created, match["digest"])  # type: ignore[arg-type]
     return None
 
