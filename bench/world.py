@@ -509,6 +509,24 @@ class PlumbingPublisher:
 
 # -- history written in bulk ---------------------------------------------------------
 
+HEAVY_PACE = timedelta(minutes=72)
+"""A heavy user's pace: 20 handoffs a day (10,000 take about 16 months)."""
+
+
+def _moments(
+    total: int, start: datetime | None, spacing: timedelta, full_month: int
+) -> list[datetime]:
+    """When each of ``total`` seeded handoffs was published, oldest first."""
+    end = datetime.now(timezone.utc) - timedelta(minutes=1)
+    month_start = end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    recent = min(full_month, total)
+    if start is not None or recent == 0 or end - month_start < timedelta(minutes=1):
+        first = start or end - spacing * total - timedelta(hours=1)
+        return [first + spacing * (step + 1) for step in range(total)]
+    step = (end - month_start) / (recent + 1)
+    older = [month_start - spacing * (total - recent - index) for index in range(total - recent)]
+    return older + [month_start + step * (index + 1) for index in range(recent)]
+
 
 def seed_history(
     remote: Path,
@@ -516,18 +534,23 @@ def seed_history(
     *,
     per_commit: int = 1,
     start: datetime | None = None,
-    spacing: timedelta = timedelta(minutes=72),
+    spacing: timedelta = HEAVY_PACE,
+    full_month: int = 0,
 ) -> None:
     """Put ``per_device[d]`` earlier handoffs of each device on ``remote``'s sync branch.
 
     Written by one ``git fast-import``, ``per_commit`` handoffs to a commit (one is what
     the daemon makes; more only makes seeding ten thousand faster: a publish never walks
     the history, it reads the tip's trees). Devices take turns, ``spacing`` apart (a
-    heavy user's pace by default: 20 handoffs a day), ending well before now, so
-    everything published later is newer.
+    heavy user's pace by default: 20 handoffs a day), ending before now, so everything
+    published later is newer.
+
+    ``full_month``: the newest that many go into the current month, however far into
+    it the run is, so that the month folder a publish rewrites holds a whole month's
+    handoffs, as on its last day (the worst case, and the same on any date).
     """
     total = sum(per_device.values())
-    moment = start or datetime.now(timezone.utc) - spacing * total - timedelta(hours=1)
+    moments = _moments(total, start, spacing, full_month)
     queues = {device: count for device, count in per_device.items() if count > 0}
     order: list[str] = []
     while queues:
@@ -543,7 +566,7 @@ def seed_history(
         files: list[bytes] = []
         devices = order[first : first + per_commit]
         for step, device in enumerate(devices, start=first):
-            moment += spacing
+            moment = moments[step]
             text = full_handoff(f"Earlier work number {step} on {device}", fact=f"seed {step}")
             path, data = stored_handoff(device, text, moment)
             mark += 1

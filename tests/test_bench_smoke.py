@@ -24,7 +24,7 @@ SECTIONS = (
     "4. History",
     "5. Start-up",
 )
-NUMBER = re.compile(r"^(?:< )?(?P<value>\d+(?:\.\d+)?) ?(?P<unit>ms|s|MB|%|/s|×)?$")
+NUMBER = re.compile(r"^(?:< )?(?P<value>\d+(?:\.\d+)?) ?(?P<unit>µs|ms|s|MB|%|/s|×)?$")
 
 
 def number(cell: str) -> float:
