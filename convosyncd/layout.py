@@ -15,6 +15,7 @@ nothing that could climb out of its folder, nothing of another shape.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -100,7 +101,10 @@ def parse_name(name: str) -> Name | None:
     return None
 
 
+@functools.lru_cache(maxsize=8192)
 def name_kind(name: str) -> Kind | None:
+    """The kind of a file name (None if it is no valid name). Remembered: every listing
+    of a month folder asks it of hundreds of names, nearly all asked before."""
     parsed = parse_name(name)
     return parsed.kind if parsed else None
 
