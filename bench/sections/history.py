@@ -23,6 +23,7 @@ written by two devices taking turns: its daemon, from ``convosyncd run`` to
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -383,7 +384,16 @@ def _fresh_device(context: Context, size: int) -> None:
 
 
 def _first_poll_in_process(root: Path, remote: Path, name: str) -> tuple[float, float]:
-    """Seconds of the merge and of the refresh of a new device's first cycle."""
+    """Seconds of the merge and of the refresh of a new device's first cycle (its
+    warnings, that a budget bit, are the daemon's to log: kept off the progress)."""
+    logging.disable(logging.WARNING)
+    try:
+        return _first_poll_stages(root, remote, name)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _first_poll_stages(root: Path, remote: Path, name: str) -> tuple[float, float]:
     device = make_device(root, remote, name, notify=False)
     config = configs.load(device.config)
     sync = RepoSync(config, config.repos[0], Notifier(enabled=False, timeout=1.0))
