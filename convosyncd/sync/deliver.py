@@ -44,6 +44,7 @@ class Deliverer:
     def __init__(self, repo: SyncedRepo) -> None:
         self.repo = repo
         self._refreshed_tip: str | None = None
+        self._survey_due = False
 
     def refresh(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Rewrite ``session-handoff.md`` and notify what arrived since the last time.
@@ -61,6 +62,8 @@ class Deliverer:
                 return (), ()
             if tip != self._refreshed_tip or not repo.tree.materialized.exists():
                 self.materialize(tip)
+            elif self._survey_due:
+                self.survey(tip)
             baseline = repo.state.notified_through
             if baseline == tip:
                 return (), ()
@@ -138,6 +141,7 @@ class Deliverer:
         }
         if found != repo.state.untrusted:
             repo.state.untrusted = found
+        self._survey_due = False
 
     def _refreshed(self, tip: str | None) -> bool:
         """Whether ``tip`` is written, notified and known, and the file still there."""
@@ -147,10 +151,19 @@ class Deliverer:
                 tip is not None
                 and tip == self._refreshed_tip == repo.state.notified_through
                 and tip == repo.state.local_tip
+                and not self._survey_due
                 and repo.tree.materialized.exists()
             )
 
-    def materialize(self, tip: str) -> None:
+    def published(self, tip: str) -> None:
+        """This device has just published ``tip``: write ``session-handoff.md`` now, and
+        count what is not the person's at the refresh after the push. The publish added
+        only a file of this device's own, and counting can open a thousand files (right
+        after a start it reads the whole branch, a thousand files a refresh): not worth
+        delaying the push for. Call with the repo's local lock held."""
+        self.materialize(tip, survey=False)
+
+    def materialize(self, tip: str, *, survey: bool = True) -> None:
         """Write the newest handoff of every device at ``tip`` where the assistant reads it.
 
         Call with the repo's local lock held.
@@ -172,7 +185,10 @@ class Deliverer:
         _log_cuts(repo, latest)
         if repo.tree.write_materialized(render_plugin(latest)):
             log.debug("%s: wrote %s", repo.repo.path, repo.tree.materialized)
-        self.survey(tip)
+        if survey:
+            self.survey(tip)
+        else:
+            self._survey_due = True
         self._refreshed_tip = tip
 
     def _record_inline(self, tip: str) -> None:
