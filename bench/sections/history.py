@@ -215,7 +215,7 @@ def _report(context: Context, subjects: list[_Subject]) -> None:
                 subject.label,
                 Summary.of(subject.after_start),
                 note="not counted above: a daemon that has just started opens every file "
-                "on the branch once, at most 1,024 per refresh",
+                "on the branch once, at most 1,024 at each refresh after a push",
             )
         )
     for subject in subjects:
@@ -295,7 +295,7 @@ def _ratios(context: Context, small: _Subject, large: _Subject) -> None:
             "history",
             f"publish to the {what} with {large.size:,} handoffs ≤ {TARGET:g} × with "
             f"{small.size:,} (work above settle)",
-            ratio(share) + floor_note,
+            f"{share:.3f}×{floor_note}",
             share <= TARGET,
         )
 
