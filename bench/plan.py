@@ -23,7 +23,14 @@ class Plan:
     idle_seconds: float = 60.0
     history_sizes: tuple[int, ...] = (10, 10_000)
     history_per_commit: int = 1
+    history_warmup: int = 12
+    """Uncounted publishes of each history first, shown apart: a daemon that has just
+    started opens every file on the branch once, at most 1,024 per refresh."""
+    fresh_device_samples: int = 10
+    """Fresh devices started against the longest history, each on a new clone."""
     device_counts: tuple[int, ...] = (2, 50)
+    seal_repetitions: int = 2_000
+    """Seals and opens of one handoff, in process, per size (the 1 MiB one a tenth)."""
     startup_repos: tuple[int, ...] = (1, 100)
     startup_samples: int = 30
     fresh_samples: int = 30
@@ -54,6 +61,8 @@ QUICK = Plan(
     idle_repos=(100,),
     idle_seconds=10.0,
     history_per_commit=20,
+    fresh_device_samples=3,
+    seal_repetitions=500,
     startup_samples=3,
     fresh_samples=10,
     wake_repos=(100,),
@@ -72,7 +81,10 @@ SMOKE = Plan(
     idle_seconds=2.0,
     history_sizes=(10,),
     history_per_commit=5,
+    history_warmup=1,
+    fresh_device_samples=1,
     device_counts=(2,),
+    seal_repetitions=20,
     startup_repos=(2,),
     startup_samples=2,
     fresh_samples=3,

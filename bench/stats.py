@@ -58,6 +58,14 @@ def seconds(value: float) -> str:
     return f"{value:.1f} s"
 
 
+def fine(value: float) -> str:
+    """A short duration to the microsecond: ``12.3 µs``; from a millisecond on as
+    :func:`seconds`."""
+    if 0 <= value < 0.001:
+        return f"{value * 1e6:.1f} µs"
+    return seconds(value)
+
+
 def megabytes(value: float) -> str:
     return f"{value / 1e6:.1f} MB"
 

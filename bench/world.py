@@ -32,7 +32,6 @@ from tests.support.devices import (
     PERSON_KEY,
     DaemonProcess,
     Device,
-    handoff_text,
     make_device,
     make_remote,
 )
@@ -196,9 +195,70 @@ def wait_for_text(path: Path, marker: str, timeout: float, what: str) -> float:
     return found[0]
 
 
+FULL_HANDOFF = """\
+### Current Task
+{task}
+
+### Progress So Far
+- ✅ Routes for login and logout, with the session cookie set to SameSite=Lax
+- ✅ Token table migration (expires_at, revoked_at, the device that asked for it)
+- ✅ Refresh endpoint returns a new pair and revokes the old refresh token
+- ✅ Unit tests for the token service: issue, refresh, revoke, expiry at the boundary
+- ⏳ Rotation on reuse: a refresh token used twice revokes the whole family
+- ⏳ Rate limit on the refresh endpoint (per user and per address)
+
+### Key Decisions Made
+- Access tokens expire after 15 minutes, refresh tokens after 30 days: short enough
+  that a leaked access token is of little use, long enough that nobody logs in daily
+- Refresh tokens are opaque random strings stored hashed, not JWTs, so they can be
+  revoked one by one without a deny list
+- Rotation on every refresh, because the mobile client cannot keep a secret anyway
+- The family id goes into the token row rather than a separate table (one query)
+- Clock skew of up to 30 seconds is tolerated on expiry checks, after the incident
+  with the laptops whose clocks drifted during the offsite
+
+### Important Context
+- {fact}
+- The person prefers small pull requests, one concern each, and squashes on merge
+- Staging is shared with the payments team until Friday: no migrations there before
+- The mobile release freezes on the 14th; the endpoint must be stable by then
+- They would rather keep the old /auth/token route working for one more release
+- Tests run with `make test`; the slow suite with `make test-all` (about 9 minutes)
+- The OAuth provider's sandbox resets every night at 02:00 UTC: re-register then
+- Their favourite pizza is a quattro formaggi, mentioned while planning the offsite
+
+### Next Steps
+1. Finish rotation on reuse: detect a second use, revoke the family, log it once
+2. Add the rate limit with the existing limiter middleware (see `src/limits.ts`)
+3. Write the integration test that logs in, refreshes twice and reuses the old token
+4. Document the new endpoints in `docs/api/auth.md` with request and response shapes
+5. Ask the mobile team to try the staging build once the migration is in
+6. Remove the debug logging of token ids before the pull request
+
+### Files Modified
+- `src/auth/routes.ts`: login, logout and refresh routes
+- `src/auth/tokens.ts`: the token service (issue, refresh, revoke, families)
+- `src/auth/tokens.test.ts`: unit tests for the token service
+- `migrations/0042_refresh_tokens.sql`: the token table and its indexes
+- `src/limits.ts`: read only so far; the limiter will be reused as it is
+- `docs/api/auth.md`: started, only the login section is written
+
+### Open Questions
+- Should a revoked family also end the access tokens already issued (15 minutes)?
+- Does the admin console need a way to revoke one device's tokens by hand?
+- Which address does the rate limit use behind the load balancer: the first
+  forwarded one, or the balancer's own?
+"""
+
+
+def full_handoff(task: str, fact: str) -> str:
+    """A draft the size the plugin asks for: seven sections, under about 60 lines (4 KB)."""
+    return FULL_HANDOFF.format(task=task, fact=fact)
+
+
 def write_draft(device: Device, marker: str) -> float:
     """Write a realistic draft naming ``marker``; when it was written."""
-    device.write_draft(handoff_text(f"Benchmark handoff {marker}", fact=f"marker {marker}"))
+    device.write_draft(full_handoff(f"Benchmark handoff {marker}", fact=f"marker {marker}"))
     return file_mtime(device.draft)
 
 
@@ -453,6 +513,24 @@ class PlumbingPublisher:
 
 # -- history written in bulk ---------------------------------------------------------
 
+HEAVY_PACE = timedelta(minutes=72)
+"""A heavy user's pace: 20 handoffs a day (10,000 take about 16 months)."""
+
+
+def _moments(
+    total: int, start: datetime | None, spacing: timedelta, full_month: int
+) -> list[datetime]:
+    """When each of ``total`` seeded handoffs was published, oldest first."""
+    end = datetime.now(timezone.utc) - timedelta(minutes=1)
+    month_start = end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    recent = min(full_month, total)
+    if start is not None or recent == 0 or end - month_start < timedelta(minutes=1):
+        first = start or end - spacing * total - timedelta(hours=1)
+        return [first + spacing * (step + 1) for step in range(total)]
+    step = (end - month_start) / (recent + 1)
+    older = [month_start - spacing * (total - recent - index) for index in range(total - recent)]
+    return older + [month_start + step * (index + 1) for index in range(recent)]
+
 
 def seed_history(
     remote: Path,
@@ -460,18 +538,23 @@ def seed_history(
     *,
     per_commit: int = 1,
     start: datetime | None = None,
-    spacing: timedelta = timedelta(minutes=72),
+    spacing: timedelta = HEAVY_PACE,
+    full_month: int = 0,
 ) -> None:
     """Put ``per_device[d]`` earlier handoffs of each device on ``remote``'s sync branch.
 
     Written by one ``git fast-import``, ``per_commit`` handoffs to a commit (one is what
     the daemon makes; more only makes seeding ten thousand faster: a publish never walks
     the history, it reads the tip's trees). Devices take turns, ``spacing`` apart (a
-    heavy user's pace by default: 20 handoffs a day), ending well before now, so
-    everything published later is newer.
+    heavy user's pace by default: 20 handoffs a day), ending before now, so everything
+    published later is newer.
+
+    ``full_month``: the newest that many go into the current month, however far into
+    it the run is, so that the month folder a publish rewrites holds a whole month's
+    handoffs, as on its last day (the worst case, and the same on any date).
     """
     total = sum(per_device.values())
-    moment = start or datetime.now(timezone.utc) - spacing * total - timedelta(hours=1)
+    moments = _moments(total, start, spacing, full_month)
     queues = {device: count for device, count in per_device.items() if count > 0}
     order: list[str] = []
     while queues:
@@ -487,8 +570,8 @@ def seed_history(
         files: list[bytes] = []
         devices = order[first : first + per_commit]
         for step, device in enumerate(devices, start=first):
-            moment += spacing
-            text = handoff_text(f"Earlier work number {step} on {device}", fact=f"seed {step}")
+            moment = moments[step]
+            text = full_handoff(f"Earlier work number {step} on {device}", fact=f"seed {step}")
             path, data = stored_handoff(device, text, moment)
             mark += 1
             chunks.append(b"blob\nmark :%d\ndata %d\n%s\n" % (mark, len(data), data))
@@ -518,6 +601,12 @@ def seed_history(
         raise BenchError(
             f"fast-import failed in {remote}: {result.stderr.decode(errors='replace')}"
         )
+    # A remote that lived through months of pushes holds what git's own gc packed
+    # (receive-pack runs ``gc --auto``) from the loose objects those pushes left, with
+    # deltas found afresh. fast-import's pack is not that: its delta chains alone make
+    # the remote's connectivity check of every later push several times slower. So the
+    # history is packed again, its deltas recomputed (``-f``), as gc's would be.
+    git(remote, "repack", "-a", "-d", "-f", "-q")
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")

@@ -15,6 +15,7 @@ of this machine's clock is ordered by when this device first saw it instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -42,6 +43,9 @@ handoff and a burst of arrivals, too few for a flood to cost much."""
 FUTURE_SLACK = timedelta(minutes=5)
 """How far ahead of this machine's clock a handoff's time may be and still order it."""
 _CACHE_LIMIT = 20_000
+"""Files whose verdict is remembered (a few hundred bytes each)."""
+_TEXT_LIMIT = 512
+"""Verified handoffs whose text is remembered: every device's newest, a burst of arrivals."""
 _SURVEY_LIMIT = 4_096
 
 Verdict = Literal["verified", "foreign", "forged", "damaged", "unverified"]
@@ -79,6 +83,10 @@ class Budget:
     left: int
     what: str
     bitten: bool = False
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = self.left
 
     def take(self) -> bool:
         if self.left > 0:
@@ -86,11 +94,11 @@ class Budget:
             return True
         if not self.bitten:
             self.bitten = True
-            log.warning(
-                "%s: stopped after opening %d files (the rest waits for the next cycle; a "
-                "remote that holds this many new files at once is unusual)",
+            log.info(
+                "%s: opened %d files, the most one step may; the rest wait for the next "
+                "(a device that has just started, or a remote flooded with files)",
                 self.what,
-                FILE_BUDGET,
+                self.size,
             )
         return False
 
@@ -159,14 +167,18 @@ class Catalog:
         """``{device/name: ISO time}`` when a handoff dated in the future was first seen."""
         self.known_devices = known_devices
         self._records: OrderedDict[tuple[str, str, str], Record] = OrderedDict()
+        self._handoffs: OrderedDict[tuple[str, str, str], Handoff] = OrderedDict()
         self._surveys: OrderedDict[tuple[str, str, str], Survey] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- classifying ----------------------------------------------------------------
 
-    def classify(self, items: Iterable[tuple[Location, str]], budget: Budget) -> list[Record]:
+    def classify(
+        self, items: Iterable[tuple[Location, str]], budget: Budget, *, texts: bool = True
+    ) -> list[Record]:
         """The records of ``items`` (``(location, blob id)``), opening what is not known
-        yet (as far as ``budget`` allows: the rest is left out)."""
+        yet (as far as ``budget`` allows: the rest is left out). With ``texts`` False only
+        the verdicts are wanted: a verified record may then come without its handoff."""
         wanted = list(items)
         keyring = self.keyring()
         records: dict[tuple[str, str, str], Record] = {}
@@ -175,11 +187,17 @@ class Catalog:
             for location, oid in wanted:
                 cache_key = (location.device, location.name, oid)
                 known = self._records.get(cache_key)
-                if known is not None and _still_valid(known, keyring):
-                    self._records.move_to_end(cache_key)
-                    records[cache_key] = known
-                else:
+                full = self._handoffs.get(cache_key)
+                if known is None or not _still_valid(known, keyring):
                     missing.append((location, oid))
+                elif texts and known.verdict == "verified" and full is None:
+                    missing.append((location, oid))  # its text left the small cache
+                else:
+                    self._records.move_to_end(cache_key)
+                    if full is not None:
+                        self._handoffs.move_to_end(cache_key)
+                        known = dataclasses.replace(known, handoff=full)
+                    records[cache_key] = known
         opened = [item for item in missing if budget.take()]
         limit = self.max_bytes + FRONT_MATTER_ALLOWANCE + SEAL_OVERHEAD
         contents = self.branch.read_objects((oid for _l, oid in opened), kind="blob", limit=limit)
@@ -219,12 +237,19 @@ class Catalog:
         return Record(location, oid, "verified", opened.key_id, handoff)
 
     def _keep(self, record: Record) -> None:
+        """Remember a file's verdict (many, small) and a verified handoff's text (a few:
+        counting a long history must not keep ten thousand handoffs in memory)."""
         with self._lock:
             key = (record.location.device, record.location.name, record.oid)
-            self._records[key] = record
+            self._records[key] = dataclasses.replace(record, handoff=None)
             self._records.move_to_end(key)
             while len(self._records) > _CACHE_LIMIT:
                 self._records.popitem(last=False)
+            if record.handoff is not None:
+                self._handoffs[key] = record.handoff
+                self._handoffs.move_to_end(key)
+                while len(self._handoffs) > _TEXT_LIMIT:
+                    self._handoffs.popitem(last=False)
 
     def remember(self, location: Location, oid: str, content: bytes, key_id: str) -> None:
         """Take in a handoff this device has just sealed, so it is not read back from git."""
@@ -264,10 +289,11 @@ class Catalog:
         return found
 
     def _newest_first(self, device: str, folder: str) -> Iterator[tuple[Location, str]]:
-        """One device folder's sealed files, newest first, listing a month folder only
-        when the walk gets to it (the newest handoff is nearly always in the newest)."""
+        """One device folder's files, newest first, a month at a time: the newest
+        handoff is nearly always in the newest month, so the older months' names (ten
+        thousand in a long history) are not even parsed."""
         for part in self.branch.folder_parts(folder, list_months=False):
-            if part.name:
+            if part.name:  # format 1 files are never verified, so never the newest
                 yield from self.branch.part_files(device, part)
 
     def _newest(
@@ -370,7 +396,7 @@ class Catalog:
                 if counted is None:
                     counted = Survey()
                     files = self.branch.part_files(device, part)
-                    records = self.classify(files, budget)
+                    records = self.classify(files, budget, texts=False)
                     for record in records:
                         counted.add(record)
                     counted.partial = len(records) < len(files)

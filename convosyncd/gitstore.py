@@ -65,6 +65,9 @@ _LOCK_RE = re.compile(r"Unable to create '(?P<path>[^']+\.lock)': File exists")
 BLOB_MODE = "100644"
 FILE_MODES = ("100644", "100755")
 _CACHE_SIZE = 64
+_LISTED_TREES = 1_024
+"""Tree listings kept: every folder a refresh reads (a device folder and its month
+folders, for each device) must fit, or each refresh lists them all again."""
 _LISTED_ENTRIES = 50_000
 """Entries kept in cached tree listings, all trees together (a few versions of a big folder)."""
 FETCH_ATTEMPTS = 3
@@ -292,7 +295,7 @@ class SyncBranch:
             self._listings[oid] = tree
             self._listed += len(tree)
             while len(self._listings) > 1 and (
-                len(self._listings) > _CACHE_SIZE or self._listed > _LISTED_ENTRIES
+                len(self._listings) > _LISTED_TREES or self._listed > _LISTED_ENTRIES
             ):
                 _oid, dropped = self._listings.popitem(last=False)
                 self._listed -= len(dropped)

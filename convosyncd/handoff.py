@@ -84,14 +84,20 @@ def clean_text(text: str) -> str:
     Line ends become ``\\n``.
     """
     text = _ANSI_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    return "".join(
-        char
-        for char in text
-        if char in "\n\t" or unicodedata.category(char) not in _INVISIBLE_CATEGORIES
-    )
+    # Printable ASCII, newline and tab are always kept; only runs of anything else are
+    # looked at character by character (a fifth of the cost for a typical handoff,
+    # which every receiving device cleans once per file).
+    return _SUSPECT_RE.sub(_visible, text)
 
 
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+_SUSPECT_RE = re.compile(r"[^\n\t\x20-\x7e]+")
+
+
+def _visible(match: re.Match[str]) -> str:
+    return "".join(
+        char for char in match[0] if unicodedata.category(char) not in _INVISIBLE_CATEGORIES
+    )
 
 
 def plain_text(text: str, limit: int) -> str:

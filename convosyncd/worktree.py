@@ -177,10 +177,13 @@ class WorkTree:
         """Whether the person's branch tracks ``.convosync/<name>``: in the index, or in
         HEAD's tree (untracked but not committed yet)."""
         path = f"{CONVOSYNC_DIR}/{name}"
-        if self.git.run("ls-files", "-z", "--", path).stdout:
-            return True
-        in_head = self.git.run("ls-tree", "-z", "HEAD", "--", path, check=False)
-        return in_head.returncode == 0 and bool(in_head.stdout)
+        # One git call for both (every publish asks): --with-tree overlays HEAD's tree
+        # on the index, so a file removed from the index but still in HEAD is listed.
+        both = self.git.run("ls-files", "-z", "--with-tree=HEAD", "--", path, check=False)
+        if both.returncode == 0:
+            return bool(both.stdout)
+        # No commit yet (an unborn branch): there is only the index.
+        return bool(self.git.run("ls-files", "-z", "--", path).stdout)
 
     def head(self) -> HeadInfo:
         """HEAD's commit and branch (``detached at ...`` or ``rebasing X`` as the case is)."""

@@ -26,7 +26,11 @@ SECTIONS = (
     "6. Session start",
     "7. Waking up",
 )
-NUMBER = re.compile(r"^(?:< )?(?P<value>-?\d+(?:\.\d+)?) ?(?P<unit>ms|s|MB|%|/s|×)?$")
+NUMBER = re.compile(r"^(?:< )?(?P<value>-?\d+(?:\.\d+)?) ?(?P<unit>µs|ms|s|MB|%|/s|×)?$")
+
+
+SCALE = {"µs": 1e-6, "ms": 1e-3, "s": 1.0}
+"""Durations in seconds, so that ``958.8 µs`` and ``1.3 ms`` compare as they should."""
 
 
 def number(cell: str) -> float:
@@ -34,7 +38,7 @@ def number(cell: str) -> float:
     assert match is not None, f"not a number with a unit: {cell!r}"
     value = float(match["value"])
     assert math.isfinite(value), cell
-    return value
+    return value * SCALE.get(match["unit"] or "", 1.0)
 
 
 def rows(table: str, header: str) -> list[list[str]]:

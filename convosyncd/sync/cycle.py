@@ -61,7 +61,7 @@ class RepoSync:
     ) -> None:
         self.synced = SyncedRepo(config, repo, notifier, sharing=sharing)
         self.deliverer = Deliverer(self.synced)
-        self.publisher = Publisher(self.synced, on_published=self.deliverer.materialize)
+        self.publisher = Publisher(self.synced, on_published=self.deliverer.published)
         self.poller = Poller(self.synced)
         self.merger = Merger(self.synced)
         self.pusher = Pusher(self.synced, self.merger)

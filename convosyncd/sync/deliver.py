@@ -48,6 +48,7 @@ class Deliverer:
         self._refreshed_keys: Keyring | None = None
         """The keyring the handoffs file was written with: a ``key import`` while the
         daemon runs opens handoffs already on the branch, so the file is written again."""
+        self._survey_due = False
 
     def refresh(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Rewrite ``session-handoff.md`` and notify what arrived since the last time.
@@ -66,6 +67,8 @@ class Deliverer:
             stale = tip != self._refreshed_tip or self._refreshed_keys != self._keyring()
             if stale or not repo.tree.materialized.exists():
                 self.materialize(tip)
+            elif self._survey_due:
+                self.survey(tip)
             baseline = repo.state.notified_through
             if baseline == tip:
                 return (), ()
@@ -143,6 +146,7 @@ class Deliverer:
         }
         if found != repo.state.untrusted:
             repo.state.untrusted = found
+        self._survey_due = False
 
     def _refreshed(self, tip: str | None) -> bool:
         """Whether ``tip`` is written, notified and known, and the file still there."""
@@ -153,6 +157,7 @@ class Deliverer:
                 and tip == self._refreshed_tip == repo.state.notified_through
                 and tip == repo.state.local_tip
                 and self._refreshed_keys == self._keyring()
+                and not self._survey_due
                 and repo.tree.materialized.exists()
             )
 
@@ -164,7 +169,15 @@ class Deliverer:
         except SyncKeyError:
             return None
 
-    def materialize(self, tip: str) -> None:
+    def published(self, tip: str) -> None:
+        """This device has just published ``tip``: write ``session-handoff.md`` now, and
+        count what is not the person's at the refresh after the push. The publish added
+        only a file of this device's own, and counting can open a thousand files (right
+        after a start it reads the whole branch, a thousand files a refresh): not worth
+        delaying the push for. Call with the repo's local lock held."""
+        self.materialize(tip, survey=False)
+
+    def materialize(self, tip: str, *, survey: bool = True) -> None:
         """Write the newest handoff of every device at ``tip`` where the assistant reads it.
 
         Call with the repo's local lock held.
@@ -187,7 +200,10 @@ class Deliverer:
         _log_cuts(repo, latest)
         if repo.tree.write_materialized(render_plugin(latest)):
             log.debug("%s: wrote %s", repo.repo.path, repo.tree.materialized)
-        self.survey(tip)
+        if survey:
+            self.survey(tip)
+        else:
+            self._survey_due = True
         self._refreshed_tip, self._refreshed_keys = tip, keyring
 
     def _record_inline(self, tip: str, keyring: Keyring | None) -> None:
