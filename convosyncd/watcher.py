@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ def _paths(event: FileSystemEvent) -> list[str]:
     return paths
 
 
-class _GuardedHandler(FileSystemEventHandler):
+class _GuardedHandler(FileSystemEventHandler, ABC):
     """An event handler whose exceptions are logged, never raised into the observer:
     watchdog's observer thread ends at the first exception that reaches it."""
 
@@ -58,8 +59,9 @@ class _GuardedHandler(FileSystemEventHandler):
         except Exception:
             log.exception("unexpected error handling the file event %s", event)
 
+    @abstractmethod
     def handle(self, event: FileSystemEvent) -> None:
-        raise NotImplementedError
+        """What the event means to the daemon (the subclass says)."""
 
 
 class _RepoHandler(_GuardedHandler):
