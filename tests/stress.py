@@ -364,7 +364,6 @@ def outage_campaign(root: Path, kind: str, outage: float, drafts: int) -> Outcom
     url = str(remote)
     daemon = device.start()
     written: list[str] = []
-    delays: list[float] = []
     with silent_listener() as silent_port:
         try:
             if kind == "moved":
@@ -411,16 +410,18 @@ def outage_campaign(root: Path, kind: str, outage: float, drafts: int) -> Outcom
             recovery = time.monotonic() - back
         finally:
             daemon.stop()
-    delays = [float(value) for value in re.findall(r"next attempt in ([0-9.]+) s", daemon.log())]
-    capped = max(delays, default=0.0)
+    log = daemon.log()
+    cycles = [float(value) for value in re.findall(r"next attempt in ([0-9.]+) s", log)]
+    pushes = [float(value) for value in re.findall(r"next push in ([0-9.]+) s", log)]
     return tally(
         f"remote unreachable ({kind}) for {outage:.0f} s",
         written,
         markers_on(remote),
         1,
         recovery,
-        f"{len(delays)} retries, longest wait {capped:.1f} s (cap 60 s); "
-        f"status showed {drafts} waiting",
+        f"{len(pushes)} push retries, longest wait {max(pushes, default=0.0):.1f} s (cap 60 s); "
+        f"{len(cycles)} cycle retries, longest wait {max(cycles, default=0.0):.1f} s (doubling "
+        f"from pull_interval); status showed {drafts} waiting",
     )
 
 
