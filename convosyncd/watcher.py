@@ -37,6 +37,7 @@ class _Watched:
     folder: Path
     inode: int
     watch: ObservedWatch
+    handler: _RepoHandler
 
 
 def _paths(event: FileSystemEvent) -> list[str]:
@@ -65,11 +66,19 @@ class _GuardedHandler(FileSystemEventHandler, ABC):
 
 
 class _RepoHandler(_GuardedHandler):
-    def __init__(self, watcher: DraftWatcher, repo: Path) -> None:
+    def __init__(self, watcher: DraftWatcher, repo: Path, folder: Path) -> None:
         self.watcher = watcher
         self.repo = repo
+        self.folder = folder
 
     def handle(self, event: FileSystemEvent) -> None:
+        if event.event_type == "deleted" and _paths(event)[0] == str(self.folder):
+            # The watched folder itself is gone, and its watch with it. A folder made in
+            # its place may have been given the same inode number (ext4 reuses them at
+            # once), so only this event tells the watch is dead.
+            self.watcher.drop(self)
+            self.watcher.on_layout(self.repo)
+            return
         for path in _paths(event):
             name = os.path.basename(path)
             if name == DRAFT_NAME:
@@ -179,13 +188,14 @@ class DraftWatcher:
             if current is not None and current.folder == target and current.inode == inode:
                 return True
         self.forget(repo)
+        handler = _RepoHandler(self, repo, target)
         try:
-            watch = self._observer.schedule(_RepoHandler(self, repo), str(target), recursive=False)
+            watch = self._observer.schedule(handler, str(target), recursive=False)
         except OSError as error:
             log.warning("cannot watch %s (%s); relying on polling for it", target, error)
             return False
         with self._lock:
-            self._watched[repo] = _Watched(repo, target, inode, watch)
+            self._watched[repo] = _Watched(repo, target, inode, watch, handler)
         log.debug("watching %s", target)
         return True
 
@@ -194,8 +204,21 @@ class DraftWatcher:
         with self._lock:
             current = self._watched.pop(repo, None)
         if current is not None:
-            with contextlib.suppress(KeyError, OSError):
-                self._observer.unschedule(current.watch)
+            self._unschedule(current)
+
+    def drop(self, handler: _RepoHandler) -> None:
+        """Forget the watch ``handler`` serves, if it is still the repo's current one (a
+        late event from an old watch must not take a newer one away)."""
+        with self._lock:
+            current = self._watched.get(handler.repo)
+            if current is None or current.handler is not handler:
+                return
+            del self._watched[handler.repo]
+        self._unschedule(current)
+
+    def _unschedule(self, watched: _Watched) -> None:
+        with contextlib.suppress(KeyError, OSError):
+            self._observer.unschedule(watched.watch)
 
     def watched(self) -> dict[Path, Path]:
         """``{repo: folder watched}``."""

@@ -7,6 +7,7 @@ raises must cost one log line, and an observer that died anyway is restarted.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,3 +94,43 @@ def test_an_observer_that_died_is_restarted_with_its_watches(
         assert watcher.watched() == {repo: repo / CONVOSYNC_DIR}
         write_draft(repo, "after the restart")
         wait_until(lambda: calls.count() >= 1, 10, "an event from the new observer")
+
+
+def test_a_folder_made_where_the_watched_one_was_deleted_is_watched(repo: Path) -> None:
+    # ext4 gives a folder made right after a deletion the deleted folder's inode number:
+    # the watcher must not take the new folder for the old one, whose watch died with it.
+    folder = repo / CONVOSYNC_DIR
+    calls = Calls()
+    holding, release, relaid = threading.Event(), threading.Event(), threading.Event()
+
+    def on_draft(path: Path) -> None:
+        calls.on_draft(path)
+        if not holding.is_set():
+            holding.set()
+            release.wait(10)  # the observer's thread waits here, events queue up
+
+    def on_layout(path: Path) -> None:
+        watcher.ensure(path)  # what the daemon does
+        relaid.set()
+
+    watcher = DraftWatcher(on_draft, on_layout, lambda: None)
+    watcher.start()
+    try:
+        assert watcher.ensure(repo)
+        inode = folder.stat().st_ino
+        write_draft(repo, "one")
+        assert holding.wait(5), "no event for the first draft"
+        shutil.rmtree(folder)
+        folder.mkdir()
+        same = folder.stat().st_ino == inode
+        release.set()
+        if not same:
+            pytest.skip("this file system gave the new folder a new inode number")
+        assert relaid.wait(5), "the folder's deletion was not reported"
+        seen = calls.count()
+        write_draft(repo, "two")
+        wait_until(lambda: calls.count() > seen, 5, "the draft in the new folder")
+        assert watcher.watched() == {repo: folder}
+    finally:
+        release.set()
+        watcher.stop()
